@@ -1,0 +1,318 @@
+"""`crm`: the one entry point for the layered CRM pipelines.
+
+Every command takes --conf (a profile in conf/, `local` by default) and exits non-zero with a
+one-line reason on failure. Set CRM_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+from pipelines.config import Profile, load_profile
+from pipelines.errors import CrmError
+
+log = logging.getLogger("crm")
+
+
+# --- shared plumbing ---------------------------------------------------------------------
+
+
+def _directives(profile: Profile):
+    from pipelines.directives import load_directives
+
+    return load_directives(profile.directives, profile.schemas)
+
+
+def _spark(profile: Profile, app: str):
+    from pipelines.spark import get_spark
+
+    log.info("starting Spark (%s); the first run fetches Delta and Kafka jars from Maven Central", profile.spark.master)
+    return get_spark(profile, app)
+
+
+def _check_all(profile: Profile):
+    """Load the directive chain and compile every expectation; nothing starts if this fails."""
+    from pipelines.crom.validate import check_expectations
+
+    directives = _directives(profile)
+    for op in directives.operational.values():
+        check_expectations(op.directive.sources, str(op.path))
+    return directives
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_setup(args, profile: Profile) -> int:
+    from pipelines import broker
+
+    libs = broker.fetch_jars(profile)
+    print(f"Kafka broker jars: {libs}")
+    _spark(profile, "crm-setup").stop()
+    print(f"Spark packages cached in {profile.cache / 'ivy'}")
+    return 0
+
+
+def cmd_broker(args, profile: Profile) -> int:
+    from pipelines import broker
+
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
+    if args.action == "start":
+        pid = broker.start(profile, port=args.port, data_dir=data_dir)
+        print(f"broker started: pid {pid}, 127.0.0.1:{args.port or profile.broker.port}, log {broker.paths(profile, data_dir).log_file}")
+    elif args.action == "stop":
+        stopped = broker.stop(profile, data_dir)
+        print("broker stopped" if stopped else "broker was not running")
+    elif args.action == "fetch":
+        print(f"Kafka broker jars in {broker.fetch_jars(profile)}")
+    else:
+        pid, answering = broker.status(profile, data_dir)
+        print(f"broker: {'running, pid ' + str(pid) if pid else 'not running'}; "
+              f"{profile.kafka.bootstrap_servers} {'answers' if answering else 'does not answer'}")
+        return 0 if pid and answering else 3
+    return 0
+
+
+def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction: float, rate: float | None, start: str):
+    from pipelines.generator import EventStream, produce
+    from pipelines.topics import end_offsets_total, ensure_topics
+
+    operational = directives.only("operational").directive
+    ensure_topics(profile.kafka.bootstrap_servers, operational.sources)
+    topics = {name: src.topic for name, src in operational.sources.items()}
+    first = end_offsets_total(profile.kafka.bootstrap_servers, list(topics.values())) if start == "auto" else int(start)
+    log.info("producing %d events from index %d (seed %d, bad fraction %.3f)", events, first, seed, bad_fraction)
+    stream = EventStream(seed=seed, topics=topics, bad_fraction=bad_fraction)
+    manifest = produce(profile.kafka.bootstrap_servers, stream, first, events, rate=rate)
+    for source, n in sorted(manifest.per_source().items()):
+        print(f"  {source:<12} {n:>9,}")
+    return manifest
+
+
+def cmd_produce(args, profile: Profile) -> int:
+    _produce(profile, _check_all(profile), args.events, args.seed, args.bad_fraction, args.rate, args.start)
+    return 0
+
+
+def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
+    from pipelines.crom.ingest import start_ingest
+
+    operational = directives.only("operational")
+    query = start_ingest(spark, profile, operational, directives.schemas, until_caught_up=until_caught_up)
+    mode = "until caught up" if until_caught_up else "streaming (Ctrl-C stops)"
+    log.info("CROM ingest running %s; checkpoint %s", mode, profile.checkpoint_path("crom_ingest"))
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        log.info("stopping the query")
+        query.stop()
+    if query.exception() is not None:
+        raise CrmError(f"ingest query failed: {str(query.exception()).strip().splitlines()[0]}")
+
+
+def cmd_ingest(args, profile: Profile) -> int:
+    directives = _check_all(profile)
+    _ingest(_spark(profile, "crom-ingest"), profile, directives, args.until_caught_up)
+    return 0
+
+
+def _functional(spark, profile: Profile, directives) -> None:
+    from pipelines.crfm.job import run_functional
+
+    for functional in directives.functional.values():
+        run = run_functional(spark, profile, directives, functional)
+        state = "up to date, nothing new" if run.skipped else "recomputed"
+        print(f"functional {functional.directive.id}: {run.customers:,} customers ({state}) -> {run.table}")
+
+
+def cmd_functional(args, profile: Profile) -> int:
+    directives = _check_all(profile)
+    _functional(_spark(profile, "crfm-functional"), profile, directives)
+    return 0
+
+
+def _strategic(spark, profile: Profile, directives) -> list:
+    from pipelines.crsm.job import run_strategic
+
+    runs = []
+    for strategic in directives.strategic.values():
+        run = run_strategic(spark, profile, directives, strategic)
+        print(f"strategic {strategic.directive.id} (functional version {run.functional_version}) -> {run.table}")
+        for k in run.kpis:
+            value = "n/a" if k["value"] is None else f"{k['value']:,.3f}"
+            mark = "on target" if k["on_target"] else "OFF TARGET"
+            print(f"  {k['kpi']:<28} {value:>12} {k['unit']:<6} target {k['target_op']} {k['target_value']:<8g} {mark}")
+        runs.append(run)
+    return runs
+
+
+def cmd_strategic(args, profile: Profile) -> int:
+    directives = _check_all(profile)
+    _strategic(_spark(profile, "crsm-strategic"), profile, directives)
+    return 0
+
+
+def cmd_directives(args, profile: Profile) -> int:
+    directives = _check_all(profile)
+    if args.action == "check":
+        n = sum(len(getattr(directives, level)) for level in ("strategic", "functional", "operational"))
+        print(f"{n} directives OK in {profile.directives}")
+        return 0
+    for s in directives.strategic.values():
+        print(f"{s.directive.id} v{s.directive.version}  ({s.path.relative_to(profile.directives.parent)})")
+        for kpi in s.directive.kpis:
+            print(f"  KPI {kpi.name} [{kpi.strategic_variable}] target {kpi.target.op} {kpi.target.value:g}  uses {', '.join(kpi.uses)}")
+        for f in (f for f in directives.functional.values() if f.directive.serves == s.directive.id):
+            print(f"  <- {f.directive.id} v{f.directive.version}  ({f.path.relative_to(profile.directives.parent)})")
+            for p in f.directive.parameters:
+                window = f", {p.window_days}d" if p.window_days else ""
+                print(f"       param {p.name} = {p.measure}({p.column or '*'}{window}) from {p.source}")
+            for o in (o for o in directives.operational.values() if o.directive.serves == f.directive.id):
+                print(f"       <- {o.directive.id} v{o.directive.version}  ({o.path.relative_to(profile.directives.parent)})")
+                for name, src in o.directive.sources.items():
+                    rules = ", ".join(r.name for r in src.expectations) or "no expectations"
+                    print(f"            topic {src.topic} ({src.schema_}, {src.partitions} partitions): {rules}")
+    return 0
+
+
+def cmd_demo(args, profile: Profile) -> int:
+    from pipelines import broker
+
+    directives = _check_all(profile)
+    started_here = broker.status(profile)[0] is None
+    if started_here:
+        broker.start(profile)
+        log.info("broker started on %s", profile.kafka.bootstrap_servers)
+    try:
+        manifest = _produce(profile, directives, args.events, args.seed, args.bad_fraction, None, "auto")
+        spark = _spark(profile, "crm-demo")
+        _ingest(spark, profile, directives, until_caught_up=True)
+        _functional(spark, profile, directives)
+        _print_summary(spark, profile, directives, manifest)
+        _strategic(spark, profile, directives)
+        print(f"\nDelta tables under {profile.lakehouse} (crom/, crfm/, crsm/); read them with "
+              f"spark.read.format('delta').load(path) or the `deltalake` package.")
+    finally:
+        if started_here:
+            broker.stop(profile)
+            log.info("broker stopped")
+    return 0
+
+
+def _print_summary(spark, profile: Profile, directives, manifest) -> None:
+    from pyspark.sql import functions as F
+
+    from pipelines.tables import CromTables
+
+    tables = CromTables.of(profile, list(directives.schemas))
+    read = lambda path: spark.read.format("delta").load(path)  # noqa: E731
+    print("\nThis run produced:")
+    kinds = Counter()
+    for (source, kind), n in manifest.by_source_kind.items():
+        kinds[kind] += n
+    print("  " + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())))
+    print("Lakehouse totals (all runs):")
+    print(f"  bronze       {read(tables.bronze).count():>9,} records")
+    for source, path in tables.silver.items():
+        print(f"  silver_{source:<12}{read(path).count():>9,}")
+    reasons = read(tables.quarantine).groupBy("reason_code").count().orderBy("reason_code").collect()
+    print(f"  quarantine   {sum(r['count'] for r in reasons):>9,}  " + ", ".join(f"{r['reason_code']} {r['count']:,}" for r in reasons))
+    dups = read(tables.batch_audit).agg(F.sum("duplicates")).first()[0] or 0
+    print(f"  duplicates   {dups:>9,}  (dropped, counted in batch_audit)")
+    failed = read(tables.validation_results).where(~F.col("success")).select("rule").distinct().collect()
+    print(f"  expectations failing in some batch: {', '.join(r['rule'] for r in failed) or 'none'}")
+    print()
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--conf", default="local", help="profile in conf/ (default: local)")
+
+    parser = argparse.ArgumentParser(prog="crm", description="Layered CRM ingestion: CROM -> CRFM -> CRSM on Kafka, Spark and Delta.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", parents=[common], help="fetch the Kafka broker jars and Spark packages")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("broker", parents=[common], help="run the embedded Kafka broker")
+    p.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    p.add_argument("--port", type=int, help="client port (default from the profile); the controller uses port+1")
+    p.add_argument("--data-dir", help="broker data folder (default from the profile)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("produce", parents=[common], help="write generated events to the source topics")
+    p.add_argument("--events", type=int, required=True, help="how many events")
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--seed", type=int, default=42, help="same seed, same events (default 42)")
+    p.add_argument("--bad-fraction", type=float, default=0.0, help="share of bad records, 0..1 (default 0)")
+    p.add_argument("--start", default="0", help="index of the first event, or 'auto' to continue after what the topics hold")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("ingest", parents=[common], help="run CROM: Kafka -> bronze, silver, quarantine")
+    p.add_argument("--until-caught-up", action="store_true", help="process what is there, then exit (for cron/Airflow)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("functional", parents=[common], help="run CRFM: silver -> functional parameters")
+    p.set_defaults(func=cmd_functional)
+
+    p = sub.add_parser("strategic", parents=[common], help="run CRSM: functional parameters -> KPIs against targets")
+    p.set_defaults(func=cmd_strategic)
+
+    p = sub.add_parser("directives", parents=[common], help="validate or show the directive chain")
+    p.add_argument("action", choices=["check", "plan"])
+    p.set_defaults(func=cmd_directives)
+
+    p = sub.add_parser("demo", parents=[common], help="broker, events, CROM, CRFM, CRSM and a summary, end to end")
+    p.add_argument("--events", type=int, default=100_000, help="events to produce (default 100000)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--bad-fraction", type=float, default=0.02, help="share of bad records (default 0.02)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _validate_args(args) -> None:
+    if getattr(args, "events", 1) is not None and getattr(args, "events", 1) < 0:
+        raise CrmError("--events must be zero or more")
+    if not 0.0 <= getattr(args, "bad_fraction", 0.0) <= 1.0:
+        raise CrmError("--bad-fraction must be between 0 and 1")
+    if getattr(args, "rate", None) is not None and args.rate <= 0:
+        raise CrmError("--rate must be positive")
+    start = getattr(args, "start", "0")
+    if start != "auto" and not str(start).isdigit():
+        raise CrmError("--start must be a non-negative integer or 'auto'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="crm: %(message)s", stream=sys.stderr)
+    # kafka-python warns on every refused connection while a broker starts; keep errors only.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    for noisy in ("py4j", "great_expectations"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        _validate_args(args)
+        return args.func(args, load_profile(args.conf))
+    except CrmError as exc:
+        print(f"crm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("crm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; CRM_DEBUG=1 shows the traceback
+        if os.environ.get("CRM_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"crm: error: {type(exc).__name__}: {first} (set CRM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

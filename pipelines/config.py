@@ -1,0 +1,104 @@
+"""Profiles in conf/: where the lakehouse, checkpoints and broker live, and how Spark starts.
+
+A profile is a YAML file `conf/<name>.yaml`. Relative paths resolve against the repository
+root; CRM_LAKEHOUSE, CRM_CHECKPOINTS and CRM_KAFKA_BOOTSTRAP override the profile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipelines.errors import CrmError, describe_validation_error
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Strict):
+    bootstrap_servers: str
+
+
+class BrokerSettings(_Strict):
+    port: int = 9092
+    controller_port: int = 9093
+    data_dir: str = ".broker"
+    heap: str = "512m"
+    start_timeout_s: float = 60.0
+
+
+class SparkSettings(_Strict):
+    master: str = "local[2]"
+    packages: list[str]
+    conf: dict[str, str] = {}
+
+
+class IngestSettings(_Strict):
+    max_offsets_per_trigger: int = 50_000
+    trigger_interval: str = "5 seconds"
+    starting_offsets: str = "earliest"
+
+
+class Profile(_Strict):
+    name: str
+    lakehouse: Path
+    checkpoints: Path
+    directives: Path
+    schemas: Path
+    cache: Path
+    kafka: KafkaSettings
+    broker: BrokerSettings
+    spark: SparkSettings
+    ingest: IngestSettings
+
+    def table_path(self, layer: str, table: str) -> str:
+        return str(self.lakehouse / layer / table)
+
+    def checkpoint_path(self, job: str) -> str:
+        return str(self.checkpoints / job)
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    return (p if p.is_absolute() else REPO_ROOT / p).resolve()
+
+
+def load_profile(name: str = "local") -> Profile:
+    """Read conf/<name>.yaml, apply environment overrides and resolve paths."""
+    if not _PROFILE_NAME.match(name):
+        raise CrmError(f"profile name {name!r} must be a plain name of a file in {CONF_DIR}")
+    path = CONF_DIR / f"{name}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise CrmError(f"cannot read profile {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise CrmError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CrmError(f"{path}: a profile must be a mapping")
+
+    env = os.environ
+    raw.setdefault("kafka", {})
+    for key, var in (("lakehouse", "CRM_LAKEHOUSE"), ("checkpoints", "CRM_CHECKPOINTS")):
+        if env.get(var):
+            raw[key] = env[var]
+    if env.get("CRM_KAFKA_BOOTSTRAP"):
+        raw["kafka"]["bootstrap_servers"] = env["CRM_KAFKA_BOOTSTRAP"]
+    for key in ("lakehouse", "checkpoints", "directives", "schemas", "cache"):
+        if key in raw:
+            raw[key] = _resolve(raw[key])
+    if isinstance(raw.get("broker"), dict) and "data_dir" in raw["broker"]:
+        raw["broker"]["data_dir"] = str(_resolve(raw["broker"]["data_dir"]))
+    try:
+        return Profile(name=name, **raw)
+    except ValidationError as exc:
+        raise CrmError(describe_validation_error(path, exc)) from exc

@@ -1,0 +1,225 @@
+"""Parse raw Kafka records into typed rows, or a quarantine reason. Pure DataFrame transforms.
+
+Each value is parsed once into a VARIANT and type-checked field by field against the JSON
+Schema *before* it is cast, because a permissive cast turns "12" into 12 and a wrong type into
+a null that looks valid. Every record gets exactly one outcome: typed fields, or a reason code.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.schemas import EventSchema
+
+# Reason codes, in the order they are checked; the first that applies wins.
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_a_json_object"
+UNKNOWN_SOURCE = "unknown_source"
+SOURCE_TOPIC_MISMATCH = "source_topic_mismatch"
+UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+EXTRA_FIELD = "extra_field"
+UNKNOWN_TOPIC = "unknown_topic"
+
+_INTEGER = r"^(BIGINT|INT|SMALLINT|TINYINT|DECIMAL\(\d+,0\))$"
+_NUMBER = r"^(BIGINT|INT|SMALLINT|TINYINT|DECIMAL\(\d+,\d+\)|DOUBLE|FLOAT)$"
+
+
+def _json_kinds(prop: dict) -> tuple[str, bool]:
+    kind = prop.get("type")
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    return next(k for k in kinds if k != "null"), "null" in kinds
+
+
+def _type_ok(value: Column, prop: dict) -> Column:
+    """True when a present, non-null variant has the JSON type `prop` declares (recursively)."""
+    kind, _ = _json_kinds(prop)
+    vtype = F.schema_of_variant(value)
+    if kind == "string":
+        ok = vtype == F.lit("STRING")
+        if prop.get("format") == "date-time":
+            ok = ok & F.try_variant_get(value, "$", "timestamp").isNotNull()
+        return ok
+    if kind == "integer":
+        return vtype.rlike(_INTEGER)
+    if kind == "number":
+        return vtype.rlike(_NUMBER)
+    if kind == "boolean":
+        return vtype == F.lit("BOOLEAN")
+    if kind == "array":
+        items = prop.get("items", {})
+        elements = F.try_variant_get(value, "$", "array<variant>")
+        return elements.isNotNull() & F.forall(elements, lambda x: _present_ok(x, items, required=True))
+    if kind == "object":
+        return _object_ok(value, prop)
+    raise ValueError(f"unsupported JSON type {kind!r}")
+
+
+def _present_ok(value: Column, prop: dict, required: bool) -> Column:
+    """Presence, nullability and type of one (possibly nested) value."""
+    _, nullable = _json_kinds(prop)
+    missing = value.isNull()
+    json_null = F.coalesce(F.is_variant_null(value), F.lit(False))
+    return (
+        F.when(missing, F.lit(not required))
+        .when(json_null, F.lit(nullable))
+        .otherwise(F.coalesce(_type_ok(value, prop), F.lit(False)))
+    )
+
+
+def _object_ok(value: Column, prop: dict) -> Column:
+    props = prop.get("properties", {})
+    required = set(prop.get("required", []))
+    fields = F.try_variant_get(value, "$", "map<string,variant>")
+    ok = fields.isNotNull()
+    if prop.get("additionalProperties") is False:
+        ok = ok & (F.size(F.array_except(F.map_keys(fields), F.array(*map(F.lit, props)))) == 0)
+    for name, sub in props.items():
+        ok = ok & _present_ok(F.variant_get(value, f"$.{name}", "variant"), sub, name in required)
+    return ok
+
+
+def _field_checks(schema: EventSchema) -> list[tuple[Column, str, str]]:
+    """(failed, reason code, detail) for each top-level field, in schema order."""
+    doc = schema.document
+    required = set(doc.get("required", []))
+    checks = []
+    for name, prop in doc["properties"].items():
+        if name in ("source", "schema_version"):
+            continue  # checked first, with reason codes of their own
+        value = F.variant_get(F.col("_v"), f"$.{name}", "variant")
+        if name in required:
+            checks.append((value.isNull(), MISSING_FIELD, name))
+        checks.append((~_present_ok(value, prop, name in required), WRONG_TYPE, name))
+    return checks
+
+
+def _reason(schema: EventSchema, known_sources: list[str]) -> tuple[Column, Column]:
+    """The first failing check as (reason code, detail); both null for a valid record."""
+    source = F.try_variant_get(F.col("_v"), "$.source", "string")
+    version = F.variant_get(F.col("_v"), "$.schema_version", "variant")
+    keys = F.map_keys(F.try_variant_get(F.col("_v"), "$", "map<string,variant>"))
+    extra = F.array_except(keys, F.array(*map(F.lit, schema.document["properties"])))
+    checks: list[tuple[Column, str, Column | str | None]] = [
+        (F.col("_v").isNull(), MALFORMED_JSON, None),
+        (~F.schema_of_variant(F.col("_v")).startswith("OBJECT"), NOT_AN_OBJECT, None),
+        (source.isNull() | ~source.isin(known_sources), UNKNOWN_SOURCE, None),
+        (source != F.lit(schema.source), SOURCE_TOPIC_MISMATCH, F.concat(F.lit("source="), source)),
+        (
+            ~F.coalesce(F.schema_of_variant(version).rlike(_INTEGER), F.lit(False))
+            | (F.try_variant_get(version, "$", "bigint") != F.lit(schema.version)),
+            UNKNOWN_SCHEMA_VERSION,
+            None,
+        ),
+        *_field_checks(schema),
+        (F.size(extra) > 0, EXTRA_FIELD, F.array_join(F.array_sort(extra), ",")),
+    ]
+    code = F.lit(None).cast("string")
+    detail = F.lit(None).cast("string")
+    for failed, reason, info in reversed(checks):
+        code = F.when(failed, F.lit(reason)).otherwise(code)
+        info_col = F.lit(info) if isinstance(info, str) or info is None else info
+        detail = F.when(failed, info_col.cast("string")).otherwise(detail)
+    return code, detail
+
+
+def _variant_type_regex(prop: dict) -> str:
+    """A regex for `schema_of_variant` of a value that has exactly the declared shape.
+
+    Object keys come out sorted; each field is followed by ', ' or the closing '>'.
+    Array elements are merged into one type, so per-element checks follow extraction.
+    """
+    kind, nullable = _json_kinds(prop)
+    if kind == "string":
+        pattern = "STRING"
+    elif kind == "integer":
+        pattern = _INTEGER[1:-1]
+    elif kind == "number":
+        pattern = _NUMBER[1:-1]
+    elif kind == "boolean":
+        pattern = "BOOLEAN"
+    elif kind == "array":
+        pattern = f"ARRAY<(?:{_variant_type_regex(prop.get('items', {}))}|VOID)>"
+    elif kind == "object":
+        required = set(prop.get("required", []))
+        parts = []
+        for name in sorted(prop.get("properties", {})):
+            item = f"{name}: {_variant_type_regex(prop['properties'][name])}(?:, |(?=>))"
+            parts.append(f"(?:{item})" if name in required else f"(?:{item})?")
+        pattern = "OBJECT<" + "".join(parts) + ">"
+    else:
+        raise ValueError(f"unsupported JSON type {kind!r}")
+    return f"(?:{pattern}|VOID)" if nullable else f"(?:{pattern})"
+
+
+def _non_null_ok(value: Column, prop: dict) -> Column:
+    """After extraction, non-nullable values must not be null: a null means the cast failed."""
+    kind, nullable = _json_kinds(prop)
+    ok = F.lit(True) if nullable else value.isNotNull()
+    if kind == "object":
+        for name, sub in prop.get("properties", {}).items():
+            ok = ok & F.coalesce(_non_null_ok(value[name], sub), F.lit(nullable))
+    elif kind == "array" and _json_kinds(prop.get("items", {}))[0] == "object":
+        # Element types are merged in schema_of_variant, so a key missing from one element
+        # shows only as a null here. Field projection and array_compact avoid a lambda.
+        for name, sub in prop["items"].get("properties", {}).items():
+            if not _json_kinds(sub)[1]:
+                ok = ok & F.coalesce(F.size(F.array_compact(value[name])) == F.size(value), F.lit(nullable))
+    return ok
+
+
+def _valid(schema: EventSchema, typed: Column) -> Column:
+    """The fast check: one regex over the variant's type, then null checks after extraction."""
+    document = schema.document
+    return F.coalesce(
+        F.col("_v").isNotNull()
+        & F.schema_of_variant(F.col("_v")).rlike(f"^{_variant_type_regex(document)}$")
+        & (typed["source"] == F.lit(schema.source))
+        & (typed["schema_version"] == F.lit(schema.version))
+        & _non_null_ok(typed, document),
+        F.lit(False),
+    )
+
+
+def parse_all(raw: DataFrame, by_topic: dict[str, EventSchema], known_sources: list[str] | None = None) -> DataFrame:
+    """Parse records of several topics in one pass.
+
+    Adds `reason_code` and `reason_detail` (null for valid rows) and one struct column per
+    source, named after it, holding the typed event for valid rows of that source's topic.
+    The per-field checks that name a reason run only for rejected rows.
+    """
+    known = known_sources or sorted(schema.source for schema in by_topic.values())
+    topic = F.col("kafka_topic")
+    parsed = raw.withColumn("_v", F.try_parse_json(F.col("value")))
+    for t, schema in by_topic.items():
+        ddl = schema.spark_schema.simpleString()
+        parsed = parsed.withColumn(f"_t_{schema.source}", F.when(topic == t, F.try_variant_get(F.col("_v"), "$", ddl)))
+    ok = F.lit(False)
+    code = F.lit(UNKNOWN_TOPIC)  # unreachable while the query subscribes to directive topics only
+    detail = F.lit(None).cast("string")
+    for t, schema in by_topic.items():
+        this = topic == t
+        ok = F.when(this, _valid(schema, F.col(f"_t_{schema.source}"))).otherwise(ok)
+        schema_code, schema_detail = _reason(schema, known)
+        code = F.when(this, F.coalesce(schema_code, F.lit(WRONG_TYPE))).otherwise(code)
+        detail = F.when(this, schema_detail).otherwise(detail)
+    parsed = (
+        parsed.withColumn("_ok", ok)
+        .withColumn("reason_code", F.when(~F.col("_ok"), code))
+        .withColumn("reason_detail", F.when(~F.col("_ok"), detail))
+    )
+    typed = [F.when(F.col("_ok"), F.col(f"_t_{s.source}")).alias(s.source) for s in by_topic.values()]
+    return parsed.select(*raw.columns, "reason_code", "reason_detail", *typed)
+
+
+def parse_events(raw: DataFrame, schema: EventSchema, known_sources: list[str] | None = None) -> DataFrame:
+    """Parse one source's records: `reason_code`, `reason_detail` and one column per field.
+
+    `raw` needs a string column `value`; every row is taken to come from the source's topic.
+    """
+    topic = f"topic.{schema.source}"
+    tagged = raw.withColumn("kafka_topic", F.lit(topic))
+    parsed = parse_all(tagged, {topic: schema}, known_sources)
+    return parsed.select(*raw.columns, "reason_code", "reason_detail", f"{schema.source}.*")

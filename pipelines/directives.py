@@ -1,0 +1,279 @@
+"""Directives: strategic -> functional -> operational YAML, read into typed models.
+
+Each lower directive names the higher one it serves. `load_directives` reads the whole tree
+with `yaml.safe_load`, refuses unknown keys, dangling references and orphans, and names the
+file and key of every problem before any job starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.errors import CrmError, describe_validation_error
+from pipelines.schemas import DATA_CLASSES, EventSchema, load_schema
+
+_NAME = r"^[a-z][a-z0-9_]*$"
+_ID = r"^(strategic|functional|operational)\.[a-z][a-z0-9_]*$"
+
+DataClass = Literal[DATA_CLASSES]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- strategic ---------------------------------------------------------------------------
+
+
+class Target(_Strict):
+    op: Literal[">=", "<="]
+    value: float
+
+    def met_by(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value >= self.value if self.op == ">=" else value <= self.value
+
+
+class Kpi(_Strict):
+    name: str = Field(pattern=_NAME)
+    strategic_variable: Literal["customer_lifetime_value", "loyalty", "advocacy", "churn", "satisfaction"]
+    description: str
+    expression: str = Field(description="Spark SQL aggregate over the functional parameters in `uses`.")
+    uses: list[str] = Field(min_length=1)
+    unit: str = ""
+    target: Target
+
+
+class StrategicDirective(_Strict):
+    id: str = Field(pattern=_ID)
+    version: int = Field(ge=1)
+    description: str
+    kpis: list[Kpi] = Field(min_length=1)
+
+
+# --- functional --------------------------------------------------------------------------
+
+
+class Parameter(_Strict):
+    name: str = Field(pattern=_NAME)
+    data_class: DataClass = Field(alias="class")
+    description: str = ""
+    source: str = Field(description="An operational source; its silver table is read.")
+    measure: Literal["count", "sum", "avg", "count_distinct", "last", "recency_days"]
+    column: str | None = None
+    filter: str | None = None
+    window_days: int | None = Field(default=None, ge=1)
+
+
+class FunctionalDirective(_Strict):
+    id: str = Field(pattern=_ID)
+    version: int = Field(ge=1)
+    serves: str | None = None
+    description: str
+    grain: Literal["customer_id"] = "customer_id"
+    parameters: list[Parameter] = Field(min_length=1)
+
+
+# --- operational -------------------------------------------------------------------------
+
+
+class Expectation(_Strict):
+    name: str = Field(pattern=_NAME)
+    type: str = Field(pattern=r"^expect_[a-z_]+$", description="A Great Expectations expectation type.")
+    kwargs: dict = {}
+    protects: list[str] = Field(default=[], description="Functional parameters this rule protects.")
+
+
+class Source(_Strict):
+    topic: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    schema_: str = Field(alias="schema", pattern=r"^[a-z_]+\.v[0-9]+$")
+    partitions: int = Field(default=1, ge=1)
+    retention_hours: int = Field(default=168, ge=1)
+    expectations: list[Expectation] = []
+
+
+class OperationalDirective(_Strict):
+    id: str = Field(pattern=_ID)
+    version: int = Field(ge=1)
+    serves: str | None = None
+    description: str
+    sources: dict[str, Source] = Field(min_length=1)
+
+
+# --- the chain ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loaded:
+    directive: StrategicDirective | FunctionalDirective | OperationalDirective
+    path: Path
+
+
+@dataclass(frozen=True)
+class DirectiveSet:
+    strategic: dict[str, Loaded]
+    functional: dict[str, Loaded]
+    operational: dict[str, Loaded]
+    schemas: dict[str, EventSchema]  # by operational source name
+
+    def only(self, level: str) -> Loaded:
+        """The single directive of a level; jobs of this skeleton run one chain."""
+        found = getattr(self, level)
+        if len(found) != 1:
+            raise CrmError(f"expected exactly one {level} directive, found {len(found)}: {sorted(found)}")
+        return next(iter(found.values()))
+
+    def parameter_sources(self, functional_id: str) -> dict[str, Source]:
+        """The operational sources available to a functional directive."""
+        return {
+            name: src
+            for op in self.operational.values()
+            if op.directive.serves == functional_id
+            for name, src in op.directive.sources.items()
+        }
+
+
+_MODELS = {
+    "strategic": StrategicDirective,
+    "functional": FunctionalDirective,
+    "operational": OperationalDirective,
+}
+_SERVES = {"functional": "strategic", "operational": "functional"}
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CrmError(f"{path}: cannot read directive: {exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise CrmError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(raw, dict):
+        raise CrmError(f"{path}: a directive must be a YAML mapping")
+    return raw
+
+
+def _load_level(root: Path, level: str) -> dict[str, Loaded]:
+    loaded: dict[str, Loaded] = {}
+    folder = root / level
+    for path in sorted(folder.glob("*.y*ml")):
+        raw = _read_yaml(path)
+        try:
+            directive = _MODELS[level].model_validate(raw)
+        except ValidationError as exc:
+            raise CrmError(describe_validation_error(path, exc)) from exc
+        if not directive.id.startswith(level + "."):
+            raise CrmError(f"{path}: id: {directive.id!r} must start with '{level}.'")
+        if directive.id in loaded:
+            raise CrmError(f"{path}: id: {directive.id!r} is already defined in {loaded[directive.id].path}")
+        loaded[directive.id] = Loaded(directive, path)
+    return loaded
+
+
+def load_directives(root: Path, schemas_dir: Path) -> DirectiveSet:
+    """Read and cross-check every directive under root/{strategic,functional,operational}."""
+    if not root.is_dir():
+        raise CrmError(f"directives folder {root} does not exist")
+    levels = {level: _load_level(root, level) for level in _MODELS}
+    if not levels["strategic"]:
+        raise CrmError(f"{root / 'strategic'}: no strategic directive found")
+
+    for level, higher in _SERVES.items():
+        for ref in levels[level].values():
+            serves = ref.directive.serves
+            if not serves:
+                raise CrmError(f"{ref.path}: serves: a {level} directive must name the {higher} directive it serves")
+            if serves not in levels[higher]:
+                raise CrmError(f"{ref.path}: serves: {serves!r} is not a known {higher} directive")
+
+    schemas: dict[str, EventSchema] = {}
+    topics: dict[str, Path] = {}
+    for ref in levels["operational"].values():
+        for name, src in ref.directive.sources.items():
+            where = f"{ref.path}: sources.{name}"
+            if name in schemas:
+                raise CrmError(f"{where}: source {name!r} is declared twice")
+            if src.topic in topics:
+                raise CrmError(f"{where}.topic: {src.topic!r} is already used in {topics[src.topic]}")
+            topics[src.topic] = ref.path
+            try:
+                schema = load_schema(schemas_dir, src.schema_)
+            except CrmError as exc:
+                raise CrmError(f"{where}.schema: {exc}") from exc
+            if schema.source != name:
+                raise CrmError(f"{where}.schema: {src.schema_} describes source {schema.source!r}, not {name!r}")
+            schemas[name] = schema
+            _check_expectations(ref, name, src, schema, levels["functional"])
+
+    for ref in levels["functional"].values():
+        _check_parameters(ref, levels, schemas)
+    for ref in levels["strategic"].values():
+        _check_kpis(ref, levels["functional"])
+    return DirectiveSet(**levels, schemas=schemas)
+
+
+def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSchema, functional: dict) -> None:
+    params = {p.name for p in functional[ref.directive.serves].directive.parameters}
+    seen: set[str] = set()
+    for i, rule in enumerate(src.expectations):
+        where = f"{ref.path}: sources.{source}.expectations[{i}] ({rule.name})"
+        if rule.name in seen:
+            raise CrmError(f"{where}: name: duplicate rule name")
+        seen.add(rule.name)
+        column = rule.kwargs.get("column")
+        if column is not None and schema.field(column) is None:
+            raise CrmError(f"{where}: kwargs.column: {column!r} is not a field of {schema.name}")
+        for param in rule.protects:
+            if param not in params:
+                raise CrmError(f"{where}: protects: {param!r} is not a parameter of {ref.directive.serves}")
+
+
+def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]) -> None:
+    sources = {
+        name
+        for op in levels["operational"].values()
+        if op.directive.serves == ref.directive.id
+        for name in op.directive.sources
+    }
+    seen: set[str] = set()
+    for i, param in enumerate(ref.directive.parameters):
+        where = f"{ref.path}: parameters[{i}] ({param.name})"
+        if param.name in seen:
+            raise CrmError(f"{where}: name: duplicate parameter name")
+        seen.add(param.name)
+        if param.source not in sources:
+            raise CrmError(f"{where}: source: {param.source!r} is not a source of any operational directive serving {ref.directive.id}")
+        needs_column = param.measure in ("sum", "avg", "count_distinct", "last")
+        if needs_column and not param.column:
+            raise CrmError(f"{where}: column: measure {param.measure!r} needs a column")
+        if param.column and schemas[param.source].field(param.column) is None:
+            raise CrmError(f"{where}: column: {param.column!r} is not a field of {schemas[param.source].name}")
+
+
+def _check_kpis(ref: Loaded, functional: dict[str, Loaded]) -> None:
+    params = {
+        p.name
+        for f in functional.values()
+        if f.directive.serves == ref.directive.id
+        for p in f.directive.parameters
+    }
+    for i, kpi in enumerate(ref.directive.kpis):
+        for name in kpi.uses:
+            if name not in params:
+                raise CrmError(
+                    f"{ref.path}: kpis[{i}] ({kpi.name}): uses: {name!r} is not a parameter of any functional directive serving {ref.directive.id}"
+                )
+        missing = [n for n in kpi.uses if not re.search(rf"\b{re.escape(n)}\b", kpi.expression)]
+        if missing:
+            raise CrmError(f"{ref.path}: kpis[{i}] ({kpi.name}): uses: {missing} do not appear in the expression")

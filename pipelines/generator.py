@@ -1,0 +1,317 @@
+"""Deterministic, realistic events for the four sources, with optional bad records.
+
+Event `i` of seed `s` depends only on (s, i), so a run can continue where the last one
+stopped (`start`) and the same seed always gives the same bytes. Each event also says what
+CROM should do with it (`kind`), which tests and the demo use to check exact counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterator
+
+SOURCES = ("web", "social", "log", "transaction")
+SOURCE_WEIGHTS = (50, 10, 20, 20)
+BAD_KINDS = ("malformed_json", "wrong_type", "missing_field", "duplicate", "late", "unknown_source")
+QUARANTINED_KINDS = ("malformed_json", "wrong_type", "missing_field", "unknown_source")
+ANCHOR = datetime(2026, 6, 1, tzinfo=timezone.utc)
+SPACING_S = 90  # mean gap between events: 100k events span about 104 days
+POPULATION = 2_000
+
+COUNTRIES = {"DE": "EUR", "FR": "EUR", "ES": "EUR", "US": "USD", "GB": "GBP"}
+AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
+TITLES = ("Mr", "Ms", "Mx", "Dr")
+EDUCATION = ("secondary", "bachelor", "master", "doctorate")
+MARITAL = ("single", "married", "divorced", "widowed")
+FIRST = ("ana", "ben", "carla", "dev", "eli", "farah", "gus", "hana", "ivan", "jo", "kim", "lena", "milo", "nia", "omar", "pia")
+LAST = ("smith", "garcia", "muller", "rossi", "dubois", "khan", "novak", "silva", "tanaka", "okafor")
+PRODUCTS = (
+    ("SKU-HEAD-01", "Aurora headphones", 129.0),
+    ("SKU-SPKR-02", "Pulse speaker", 89.0),
+    ("SKU-WTCH-03", "Orbit smartwatch", 249.0),
+    ("SKU-CABL-04", "Braided USB-C cable", 15.0),
+    ("SKU-CASE-05", "Travel case", 25.0),
+    ("SKU-EARB-06", "Drift earbuds", 99.0),
+    ("SKU-CHRG-07", "Wireless charger", 39.0),
+    ("SKU-LAMP-08", "Desk lamp", 59.0),
+)
+PROMOTIONS = {"WELCOME10": 0.10, "SPRING15": 0.15, "LOYAL20": 0.20}
+PAGES = ("/", "/products", "/products/headphones", "/products/speakers", "/products/watches", "/cart", "/checkout", "/support", "/blog/sound-guide", "/account")
+REFERRERS = ("https://www.google.com/", "https://www.bing.com/", "https://t.co/x", "https://www.facebook.com/", None, None)
+CAMPAIGNS = (("newsletter", "email", "spring_sale"), ("google", "cpc", "brand_search"), ("facebook", "social", "summer_launch"))
+USER_AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+    "Mozilla/5.0 (Linux; Android 15; Pixel 9) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+)
+POSITIVE = ("Loving my new {p}, the sound is amazing!", "Great service from @brand today, {p} arrived early.", "The {p} is worth every cent. Recommended.")
+NEUTRAL = ("Does the {p} work with older phones?", "Thinking about getting the {p}, any opinions?", "Saw the {p} in a store today.")
+COMPLAINTS = (
+    "My {p} arrived broken, I want a refund.",
+    "Order still never arrived, worst delivery ever. Where is my {p}?",
+    "Support was rude when I asked about my {p}. Very disappointed.",
+    "Third week waiting for the {p}, delivery is late again. Going to cancel.",
+)
+SERVICES = ("checkout-service", "catalog-service", "auth-service", "payment-gateway")
+LOG_LINES = (
+    "INFO Order {o} placed by customer {c} in {ms} ms",
+    "WARN Payment retry {n} for order {o}",
+    "ERROR Timeout calling inventory after {ms} ms",
+    "INFO User {c} logged in from 10.{a}.{b}.{n}",
+    "INFO Cache hit ratio {r}",
+    "ERROR Card declined for order {o} code {n}",
+)
+
+
+@dataclass(frozen=True)
+class Customer:
+    customer_id: str
+    email: str
+    phone: str
+    handle: str
+    cookie_id: str
+    country: str
+    age_band: str
+    title: str
+    education: str
+    marital_status: str
+    activity: float  # relative purchase propensity
+
+
+@dataclass(frozen=True)
+class GeneratedEvent:
+    index: int
+    topic: str
+    source: str
+    kind: str  # "valid" or one of BAD_KINDS
+    event_id: str | None
+    key: bytes | None
+    value: bytes
+
+
+def population(seed: int, size: int = POPULATION) -> list[Customer]:
+    """The customers behind the events, with identification and descriptive attributes."""
+    rng = random.Random(f"population:{seed}")
+    people = []
+    for n in range(size):
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        people.append(
+            Customer(
+                customer_id=f"C{n:06d}",
+                email=f"{first}.{last}{n}@example.com",
+                phone=f"+49 151 {rng.randrange(10**7, 10**8)}",
+                handle=f"@{first}{last}{n}",
+                cookie_id=uuid.UUID(int=rng.getrandbits(128), version=4).hex,
+                country=rng.choice(tuple(COUNTRIES)),
+                age_band=rng.choice(AGE_BANDS),
+                title=rng.choice(TITLES),
+                education=rng.choice(EDUCATION),
+                marital_status=rng.choice(MARITAL),
+                activity=rng.paretovariate(1.5),
+            )
+        )
+    return people
+
+
+@dataclass
+class EventStream:
+    """Event i of a seeded stream; `bad_fraction` of events are replaced by bad records."""
+
+    seed: int
+    topics: dict[str, str]  # source -> topic
+    bad_fraction: float = 0.0
+    customers: list[Customer] = field(default_factory=list)
+    _cum_weights: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.bad_fraction <= 1.0:
+            raise ValueError("bad_fraction must be between 0 and 1")
+        self.customers = self.customers or population(self.seed)
+        self._cum_weights = list(itertools.accumulate(c.activity for c in self.customers))
+
+    def _rng(self, i: int) -> random.Random:
+        return random.Random(f"{self.seed}:{i}")
+
+    def _draw_kind(self, rng: random.Random) -> str:
+        if rng.random() >= self.bad_fraction:
+            return "valid"
+        return BAD_KINDS[rng.randrange(len(BAD_KINDS))]
+
+    def kind_of(self, i: int) -> str:
+        return self._draw_kind(self._rng(i))
+
+    def event(self, i: int) -> GeneratedEvent:
+        rng = self._rng(i)
+        kind = self._draw_kind(rng)
+        if kind == "duplicate":
+            original = i - 1 - rng.randrange(50)
+            if original >= 0 and self.kind_of(original) in ("valid", "late"):
+                again = self.event(original)
+                return GeneratedEvent(i, again.topic, again.source, "duplicate", again.event_id, again.key, again.value)
+            kind = "valid"
+        source, record = self._valid_record(i, rng)
+        if kind == "late":
+            late = datetime.fromisoformat(record["event_time"]) - timedelta(days=3)
+            record["event_time"] = late.isoformat(timespec="milliseconds")
+        elif kind == "wrong_type":
+            field_name = rng.choice([k for k, v in record.items() if k not in ("source", "schema_version") and v is not None])
+            record[field_name] = {"unexpected": True} if isinstance(record[field_name], str) else "not-a-" + type(record[field_name]).__name__
+        elif kind == "missing_field":
+            del record[rng.choice([k for k in record if k not in ("source", "schema_version")])]
+        elif kind == "unknown_source":
+            record["source"] = rng.choice(("fax", "carrier_pigeon", "legacy_crm"))
+        value = json.dumps(record, separators=(",", ":")).encode("utf-8")
+        if kind == "malformed_json":
+            value = value[: rng.randrange(1, len(value) - 1)]
+        key = record.get("customer_id")
+        return GeneratedEvent(
+            i, self.topics[source], source, kind, record.get("event_id"), key.encode() if isinstance(key, str) else None, value
+        )
+
+    def _valid_record(self, i: int, rng: random.Random) -> tuple[str, dict]:
+        source = rng.choices(SOURCES, SOURCE_WEIGHTS)[0]
+        customer = rng.choices(self.customers, cum_weights=self._cum_weights)[0]
+        when = ANCHOR + timedelta(seconds=i * SPACING_S + rng.randrange(SPACING_S))
+        record = {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "source": source,
+            "schema_version": 1,
+            "event_time": when.isoformat(timespec="milliseconds"),
+            "producer": f"{source}-gateway-{rng.randrange(1, 4)}",
+        }
+        record.update(getattr(self, f"_{source}")(rng, customer, when))
+        return source, record
+
+    @staticmethod
+    def _web(rng: random.Random, c: Customer, when: datetime) -> dict:
+        campaign = rng.choice(CAMPAIGNS) if rng.random() < 0.3 else (None, None, None)
+        return {
+            "customer_id": c.customer_id if rng.random() < 0.6 else None,
+            "cookie_id": c.cookie_id,
+            "session_id": f"S-{c.cookie_id[:8]}-{when:%Y%m%d}-{when.hour // 6}",
+            "event_type": rng.choice(("page_view", "page_view", "click")),
+            "page": rng.choice(PAGES),
+            "referrer": rng.choice(REFERRERS),
+            "utm_source": campaign[0],
+            "utm_medium": campaign[1],
+            "utm_campaign": campaign[2],
+            "user_agent": rng.choice(USER_AGENTS),
+        }
+
+    @staticmethod
+    def _social(rng: random.Random, c: Customer, when: datetime) -> dict:
+        mood = rng.random()
+        templates = COMPLAINTS if mood < 0.25 else NEUTRAL if mood < 0.55 else POSITIVE
+        product = rng.choice(PRODUCTS)[1]
+        return {
+            "customer_id": c.customer_id if rng.random() < 0.7 else None,
+            "handle": c.handle,
+            "channel": rng.choice(("twitter", "facebook", "instagram", "forum")),
+            "kind": rng.choice(("post", "comment")),
+            "text": rng.choice(templates).format(p=product),
+            "in_reply_to": None if rng.random() < 0.7 else f"post-{rng.randrange(10**6)}",
+            "likes": rng.randrange(0, 200),
+        }
+
+    @staticmethod
+    def _log(rng: random.Random, c: Customer, when: datetime) -> dict:
+        line = rng.choice(LOG_LINES).format(
+            o=f"O{rng.randrange(10**7):07d}", c=c.customer_id, ms=rng.randrange(5, 5000), n=rng.randrange(1, 9),
+            a=rng.randrange(256), b=rng.randrange(256), r=round(rng.random(), 3),
+        )
+        return {
+            "host": f"app-{rng.randrange(1, 6):02d}",
+            "service": rng.choice(SERVICES),
+            "line": f"{when:%Y-%m-%d %H:%M:%S},{when.microsecond // 1000:03d} {line}",
+        }
+
+    @staticmethod
+    def _transaction(rng: random.Random, c: Customer, when: datetime) -> dict:
+        items = []
+        for sku, name, price in rng.sample(PRODUCTS, rng.randint(1, 3)):
+            items.append({"sku": sku, "product": name, "quantity": rng.randint(1, 3), "unit_price": price})
+        promo = rng.choice(tuple(PROMOTIONS)) if rng.random() < 0.2 else None
+        gross = sum(it["quantity"] * it["unit_price"] for it in items)
+        return {
+            "order_id": f"O{rng.randrange(10**9):09d}",
+            "customer_id": c.customer_id,
+            "customer_email": c.email,
+            "customer_phone": c.phone if rng.random() < 0.5 else None,
+            "customer_country": c.country,
+            "customer_age_band": c.age_band,
+            "channel": rng.choice(("web", "app", "store")),
+            "currency": COUNTRIES[c.country],
+            "amount": round(gross * (1 - PROMOTIONS.get(promo, 0.0)), 2),
+            "promotion_code": promo,
+            "items": items,
+        }
+
+    def events(self, start: int, count: int) -> Iterator[GeneratedEvent]:
+        for i in range(start, start + count):
+            yield self.event(i)
+
+
+@dataclass
+class Manifest:
+    """What was produced, and so what CROM must report."""
+
+    by_source_kind: Counter = field(default_factory=Counter)
+
+    def add(self, event: GeneratedEvent) -> None:
+        self.by_source_kind[(event.source, event.kind)] += 1
+
+    def per_source(self) -> dict[str, int]:
+        out: Counter = Counter()
+        for (source, _), n in self.by_source_kind.items():
+            out[source] += n
+        return dict(out)
+
+    def count(self, kinds: tuple[str, ...], source: str | None = None) -> int:
+        return sum(n for (s, k), n in self.by_source_kind.items() if k in kinds and (source is None or s == source))
+
+
+def produce(
+    bootstrap: str,
+    stream: EventStream,
+    start: int,
+    count: int,
+    rate: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Send events [start, start+count) with kafka-python; returns the manifest."""
+    from kafka import KafkaProducer
+
+    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024, max_request_size=2 * 1024 * 1024
+    )
+    manifest = Manifest()
+    started = last_report = time.monotonic()
+    try:
+        for n, event in enumerate(stream.events(start, count), 1):
+            producer.send(event.topic, key=event.key, value=event.value)
+            manifest.add(event)
+            now = time.monotonic()
+            if rate:
+                ahead = n / rate - (now - started)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing the producer to --rate
+            if now - last_report >= 2.0:
+                last_report = now
+                progress(f"produced {n:,}/{count:,} events ({n / (now - started):,.0f} ev/s)")
+        producer.flush()
+    finally:
+        producer.close()
+    elapsed = time.monotonic() - started
+    progress(f"produced {count:,} events in {elapsed:.1f}s ({count / max(elapsed, 1e-9):,.0f} ev/s)")
+    return manifest

@@ -1,0 +1,45 @@
+"""One way to get a SparkSession with Delta and the Kafka source, from a profile."""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+from pipelines.config import Profile
+
+
+def session_builder(profile: Profile, app_name: str) -> SparkSession.Builder:
+    """A builder with Delta, the Kafka source and the profile's Spark settings.
+
+    Jars come from Maven Central through Ivy and are cached under the profile's cache folder.
+    Under spark-submit the caller's --packages and --master win over these defaults.
+    """
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .config("spark.jars.packages", ",".join(profile.spark.packages))
+        .config("spark.jars.ivy", str(profile.cache / "ivy"))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.warehouse.dir", str(profile.lakehouse / "_warehouse"))
+    )
+    if not _under_spark_submit():
+        builder = builder.master(profile.spark.master)
+    for key, value in profile.spark.conf.items():
+        builder = builder.config(key, value)
+    return builder
+
+
+def _under_spark_submit() -> bool:
+    # spark-submit starts the JVM first and hands its gateway port to Python.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(profile: Profile, app_name: str) -> SparkSession:
+    """Return the active session, or start one from the profile."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    spark = session_builder(profile, app_name).getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

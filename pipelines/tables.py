@@ -1,0 +1,42 @@
+"""Where each layer's Delta tables live: the only contract between the layers.
+
+CROM writes `crom/*`, CRFM reads `crom/silver_*` and writes `crfm/*`, CRSM reads `crfm/*`
+and writes `crsm/*`. No layer imports another layer's code to find them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.config import Profile
+
+
+@dataclass(frozen=True)
+class CromTables:
+    bronze: str
+    quarantine: str
+    validation_results: str
+    batch_audit: str
+    silver: dict[str, str]
+
+    @classmethod
+    def of(cls, profile: Profile, sources: list[str]) -> "CromTables":
+        return cls(
+            bronze=profile.table_path("crom", "bronze"),
+            quarantine=profile.table_path("crom", "quarantine"),
+            validation_results=profile.table_path("crom", "validation_results"),
+            batch_audit=profile.table_path("crom", "batch_audit"),
+            silver={s: silver_table(profile, s) for s in sources},
+        )
+
+
+def silver_table(profile: Profile, source: str) -> str:
+    return profile.table_path("crom", f"silver_{source}")
+
+
+def functional_table(profile: Profile, directive_id: str) -> str:
+    return profile.table_path("crfm", directive_id.split(".", 1)[1])
+
+
+def strategic_table(profile: Profile, directive_id: str) -> str:
+    return profile.table_path("crsm", directive_id.split(".", 1)[1])
