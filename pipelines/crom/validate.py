@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pydantic import ValidationError
+from pydantic.v1 import ValidationError as PydanticV1ValidationError  # GE's expectation models
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import types as T
 
@@ -53,8 +54,8 @@ def build_expectation(rule: Expectation, where: str):
     try:
         # `meta.rule` ties each GE result back to the directive's rule name.
         return cls(**rule.kwargs, meta={"rule": rule.name})
-    except (ValidationError, TypeError) as exc:
-        first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
+    except (ValidationError, PydanticV1ValidationError, TypeError) as exc:
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
         key = ".".join(str(p) for p in first["loc"])
         raise CrmError(f"{where}: kwargs{'.' + key if key else ''}: {first['msg']}") from exc
 

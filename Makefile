@@ -1,0 +1,45 @@
+# Everything a fresh machine needs is installed by these targets: the virtualenv and Python
+# packages (PyPI), the Kafka broker jars and the Spark packages (Maven Central).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+CACHED := .cache/.setup-done
+
+.PHONY: setup demo test unit bench clean tools
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# Java 17 runs Kafka and Spark; Maven fetches the broker jars. Installed from Debian if missing.
+tools:
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "installing Java 17 and Maven from Debian"; \
+	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; }
+
+$(CACHED): $(INSTALLED) conf/broker/pom.xml conf/local.yaml | tools
+	$(BIN)/crm setup
+	touch $@
+
+setup: $(CACHED)
+
+demo: setup
+	$(BIN)/crm demo
+
+test: setup
+	$(BIN)/pytest
+
+unit: $(INSTALLED)
+	$(BIN)/pytest -m "not integration"
+
+bench: setup
+	$(BIN)/python -m tests.bench.run
+
+clean:
+	-$(BIN)/crm broker stop
+	rm -rf .lakehouse .checkpoints .broker bench-results.json bench-results.md

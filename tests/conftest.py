@@ -1,0 +1,68 @@
+"""Shared fixtures: one Spark session for the whole run, a throwaway lakehouse per test,
+and the project's own Kafka broker on a free 127.0.0.1 port for integration tests."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Profile, load_profile
+from pipelines.directives import DirectiveSet, load_directives
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_profile() -> Profile:
+    return load_profile("local")
+
+
+@pytest.fixture
+def profile(base_profile: Profile, tmp_path: Path) -> Profile:
+    """The local profile with its lakehouse and checkpoints in a temporary folder."""
+    return base_profile.model_copy(update={"lakehouse": tmp_path / "lakehouse", "checkpoints": tmp_path / "checkpoints"})
+
+
+@pytest.fixture(scope="session")
+def directives(base_profile: Profile) -> DirectiveSet:
+    return load_directives(base_profile.directives, base_profile.schemas)
+
+
+@pytest.fixture(scope="session")
+def spark(base_profile: Profile, tmp_path_factory):
+    from pipelines.spark import session_builder
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = (
+        session_builder(base_profile, "crm-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.warehouse.dir", str(warehouse))
+        .config("spark.driver.memory", "3g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(base_profile: Profile, tmp_path_factory):
+    """A real broker for the session; yields a profile whose bootstrap servers point at it."""
+    from pipelines import broker
+
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("broker")
+    broker.start(base_profile, port=port, controller_port=free_port(), data_dir=data_dir)
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        yield base_profile.model_copy(
+            update={"kafka": base_profile.kafka.model_copy(update={"bootstrap_servers": bootstrap})}
+        ), data_dir
+    finally:
+        broker.stop(base_profile, data_dir)

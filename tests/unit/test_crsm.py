@@ -1,0 +1,42 @@
+"""CRSM: KPI expressions over functional parameters, judged against their targets."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.crsm.kpis import kpi_rows
+from pipelines.directives import StrategicDirective
+from pipelines.errors import CrmError
+
+
+def _directive(**kpi_changes):
+    kpis = [
+        {"name": "repeat_rate", "strategic_variable": "loyalty", "description": "d",
+         "expression": "avg(CASE WHEN frequency_90d >= 2 THEN 1.0 ELSE 0.0 END)", "uses": ["frequency_90d"],
+         "target": {"op": ">=", "value": 0.5}},
+        {"name": "complaining", "strategic_variable": "satisfaction", "description": "d",
+         "expression": "avg(CASE WHEN complaints_30d > 0 THEN 1.0 ELSE 0.0 END)", "uses": ["complaints_30d"],
+         "target": {"op": "<=", "value": 0.2}},
+    ]
+    kpis[0].update(kpi_changes)
+    return StrategicDirective.model_validate({"id": "strategic.t", "version": 1, "description": "t", "kpis": kpis})
+
+
+@pytest.fixture
+def params(spark):
+    return spark.createDataFrame(
+        [("C1", 3, 0), ("C2", 1, 1), ("C3", 2, 0), ("C4", 0, 0)], "customer_id string, frequency_90d long, complaints_30d long"
+    )
+
+
+def test_kpis_against_targets(params):
+    rows = {r["kpi"]: r for r in kpi_rows(params, _directive()).collect()}
+    assert rows["repeat_rate"]["value"] == pytest.approx(0.5) and rows["repeat_rate"]["on_target"] is True
+    assert rows["complaining"]["value"] == pytest.approx(0.25) and rows["complaining"]["on_target"] is False
+    assert rows["complaining"]["customers"] == 4
+
+
+def test_expression_may_only_use_declared_parameters(params):
+    sneaky = _directive(expression="avg(frequency_90d + complaints_30d)")
+    with pytest.raises(CrmError, match=r"s.yaml: kpis \(repeat_rate\): expression: .*complaints_30d"):
+        kpi_rows(params, sneaky, "s.yaml")

@@ -1,0 +1,124 @@
+"""The directive loader: the real chain loads, and each kind of mistake names file and key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.directives import load_directives
+from pipelines.errors import CrmError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A writable copy of the real directives."""
+    root = tmp_path / "directives"
+    shutil.copytree(REPO / "directives", root)
+    return root
+
+
+def _edit(path: Path, change) -> None:
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _load(root: Path):
+    return load_directives(root, REPO / "schemas")
+
+
+def test_real_chain_loads(directives):
+    strategic = directives.only("strategic").directive
+    functional = directives.only("functional").directive
+    operational = directives.only("operational").directive
+    assert functional.serves == strategic.id
+    assert operational.serves == functional.id
+    assert set(operational.sources) == {"web", "social", "log", "transaction"}
+    assert set(directives.schemas) == set(operational.sources)
+
+
+def test_unknown_key_names_file_and_key(tree: Path):
+    path = tree / "functional" / "customer_metrics.yaml"
+    _edit(path, lambda d: d["parameters"][0].update(windw_days=7))
+    with pytest.raises(CrmError) as err:
+        _load(tree)
+    assert str(path) in str(err.value)
+    assert "parameters.0.windw_days: unknown key" in str(err.value)
+
+
+def test_dangling_serves_is_refused(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d.update(serves="functional.nowhere"))
+    with pytest.raises(CrmError, match=r"ingest_events.yaml: serves: 'functional.nowhere' is not a known functional directive"):
+        _load(tree)
+
+
+def test_directive_serving_nothing_is_refused(tree: Path):
+    path = tree / "functional" / "customer_metrics.yaml"
+    _edit(path, lambda d: d.pop("serves"))
+    with pytest.raises(CrmError, match=r"customer_metrics.yaml: serves: a functional directive must name"):
+        _load(tree)
+
+
+def test_kpi_using_unknown_parameter_is_refused(tree: Path):
+    path = tree / "strategic" / "customer_value.yaml"
+    _edit(path, lambda d: d["kpis"][0]["uses"].append("lifetime_magic"))
+    with pytest.raises(CrmError, match=r"kpis\[0\] \(customer_lifetime_value\): uses: 'lifetime_magic'"):
+        _load(tree)
+
+
+def test_parameter_on_unknown_source_is_refused(tree: Path):
+    path = tree / "functional" / "customer_metrics.yaml"
+    _edit(path, lambda d: d["parameters"][0].update(source="fax"))
+    with pytest.raises(CrmError, match=r"parameters\[0\] \(frequency_90d\): source: 'fax'"):
+        _load(tree)
+
+
+def test_expectation_on_unknown_column_is_refused(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["web"]["expectations"][0]["kwargs"].update(column="sesion_id"))
+    with pytest.raises(CrmError, match=r"sources.web.expectations\[0\] \(web_session_present\): kwargs.column: 'sesion_id'"):
+        _load(tree)
+
+
+def test_unreadable_file_is_refused(tree: Path):
+    path = tree / "strategic" / "customer_value.yaml"
+    path.write_bytes(b"\xff\xfe not utf-8 \xff")
+    with pytest.raises(CrmError, match=r"customer_value.yaml: cannot read directive"):
+        _load(tree)
+
+
+def test_invalid_yaml_gives_line(tree: Path):
+    path = tree / "strategic" / "customer_value.yaml"
+    path.write_text("id: strategic.x\nkpis: [unclosed\n")
+    with pytest.raises(CrmError, match=r"customer_value.yaml: not valid YAML at line"):
+        _load(tree)
+
+
+def test_cli_check_exits_non_zero_with_one_line(tree: Path, monkeypatch, capsys):
+    _edit(tree / "functional" / "customer_metrics.yaml", lambda d: d.update(owner="me"))
+    import pipelines.config as config
+
+    real = config.load_profile
+
+    def with_tree(name="local"):
+        return real(name).model_copy(update={"directives": tree})
+
+    monkeypatch.setattr("pipelines.cli.load_profile", with_tree)
+    assert main(["directives", "check"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("crm: error: ") and "owner: unknown key" in err[0]
+
+
+def test_cli_plan_prints_the_chain(capsys):
+    assert main(["directives", "plan"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("strategic.customer_value") < out.index("functional.customer_metrics") < out.index("operational.ingest_events")
+    assert "KPI customer_lifetime_value" in out and "topic crm.transaction" in out

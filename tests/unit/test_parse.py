@@ -1,0 +1,116 @@
+"""Parsing: each kind of bad record gets its own reason; valid records come out typed."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+from pyspark.sql import functions as F
+
+from pipelines.crom import parse as P
+from pipelines.generator import EventStream
+from pipelines.schemas import load_schema
+
+SOURCES = ["web", "social", "log", "transaction"]
+GOOD = {
+    "event_id": "7f1c2d3e-0000-4000-8000-000000000001",
+    "source": "transaction",
+    "schema_version": 1,
+    "event_time": "2026-06-01T10:00:00.000+00:00",
+    "producer": "shop",
+    "order_id": "O1",
+    "customer_id": "C000001",
+    "customer_email": "ana.smith1@example.com",
+    "customer_phone": None,
+    "customer_country": "DE",
+    "customer_age_band": "25-34",
+    "channel": "web",
+    "currency": "EUR",
+    "amount": 12.5,
+    "promotion_code": None,
+    "items": [{"sku": "S1", "product": "Cable", "quantity": 1, "unit_price": 12.5}],
+}
+
+
+def _with(**changes):
+    return json.dumps({**GOOD, **changes})
+
+
+def _without(key):
+    return json.dumps({k: v for k, v in GOOD.items() if k != key})
+
+
+CASES = [
+    ("valid", json.dumps(GOOD), None, None),
+    ("integer amount is a number", _with(amount=10), None, None),
+    ("empty items", _with(items=[]), None, None),
+    ("truncated json", json.dumps(GOOD)[:40], P.MALFORMED_JSON, None),
+    ("empty value", "", P.MALFORMED_JSON, None),
+    ("null value", None, P.MALFORMED_JSON, None),
+    ("array, not object", "[1, 2]", P.NOT_AN_OBJECT, None),
+    ("unknown source", _with(source="fax"), P.UNKNOWN_SOURCE, None),
+    ("other source's record", _with(source="web"), P.SOURCE_TOPIC_MISMATCH, "source=web"),
+    ("unknown schema version", _with(schema_version=2), P.UNKNOWN_SCHEMA_VERSION, None),
+    ("string amount", _with(amount="12.50"), P.WRONG_TYPE, "amount"),
+    ("number for a string", _with(customer_id=123), P.WRONG_TYPE, "customer_id"),
+    ("null for a non-null field", _with(customer_id=None), P.WRONG_TYPE, "customer_id"),
+    ("unparseable timestamp", _with(event_time="yesterday"), P.WRONG_TYPE, "event_time"),
+    ("fractional quantity", _with(items=[{"sku": "S", "product": "P", "quantity": 1.5, "unit_price": 1}]), P.WRONG_TYPE, "items"),
+    (
+        "item missing a key",
+        _with(items=[{"sku": "S", "product": "P", "quantity": 1, "unit_price": 1}, {"product": "P", "quantity": 1, "unit_price": 1}]),
+        P.WRONG_TYPE,
+        "items",
+    ),
+    ("missing field", _without("order_id"), P.MISSING_FIELD, "order_id"),
+    ("extra field", _with(coupon="X"), P.EXTRA_FIELD, "coupon"),
+]
+
+
+@pytest.fixture(scope="module")
+def parsed(spark, base_profile):
+    schema = load_schema(base_profile.schemas, "transaction.v1")
+    rows = [(name, value) for name, value, _, _ in CASES]
+    df = spark.createDataFrame(rows, "case string, value string")
+    return {r["case"]: r for r in P.parse_events(df, schema, SOURCES).collect()}
+
+
+@pytest.mark.parametrize("case,value,code,detail", CASES, ids=[c[0] for c in CASES])
+def test_reason_codes(parsed, case, value, code, detail):
+    row = parsed[case]
+    assert row["reason_code"] == code
+    assert row["reason_detail"] == detail
+    if code is None:
+        assert row["event_id"] == GOOD["event_id"] and row["event_time"] == datetime(2026, 6, 1, 10, 0)
+    else:
+        assert row["event_id"] is None and row["amount"] is None
+
+
+def test_valid_row_is_typed(parsed):
+    row = parsed["valid"]
+    assert row["amount"] == 12.5 and row["schema_version"] == 1
+    assert row["items"][0]["quantity"] == 1 and row["items"][0]["unit_price"] == 12.5
+
+
+def test_every_generated_record_has_exactly_one_outcome(spark, base_profile):
+    """Across all sources, generated records land valid or rejected exactly as injected."""
+    topics = {s: f"crm.{s}" for s in SOURCES}
+    events = list(EventStream(11, topics, 0.3).events(0, 1200))
+    df = spark.createDataFrame([(e.topic, e.value.decode("utf-8", "replace"), e.kind) for e in events], "kafka_topic string, value string, kind string")
+    by_topic = {topics[s]: load_schema(base_profile.schemas, f"{s}.v1") for s in SOURCES}
+    parsed = P.parse_all(df, by_topic)
+    typed_count = sum(F.col(s).isNotNull().cast("int") for s in SOURCES)
+    rows = parsed.select("kind", "reason_code", typed_count.alias("typed")).collect()
+    expected = {"malformed_json": P.MALFORMED_JSON, "unknown_source": P.UNKNOWN_SOURCE}
+    for r in rows:
+        if r["kind"] in ("valid", "late", "duplicate"):
+            assert r["reason_code"] is None and r["typed"] == 1, r
+        else:
+            assert r["reason_code"] is not None and r["typed"] == 0, r
+            if r["kind"] in expected:
+                assert r["reason_code"] == expected[r["kind"]]
+            elif r["kind"] == "missing_field":
+                assert r["reason_code"] == P.MISSING_FIELD
+            else:
+                assert r["reason_code"] == P.WRONG_TYPE

@@ -1,0 +1,43 @@
+"""Personal data: the built-in HMAC matches RFC 2104, and masking leaves no identifiers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from pyspark.sql import functions as F
+
+from pipelines.privacy import hmac_key, hmac_sha256, mask_payload, normalise_identifier
+
+
+def test_hmac_matches_python(spark):
+    values = ["ana@example.com", "", "ünïcødé@example.de", "x" * 300]
+    for key in (b"short-key", b"k" * 64, b"a-key-longer-than-the-sha256-block-size-" * 3):
+        got = spark.createDataFrame([(v,) for v in values], "v string").select(hmac_sha256(F.col("v"), key).alias("h")).collect()
+        assert [r["h"] for r in got] == [hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in values]
+
+
+def test_normalised_identifiers_share_a_pseudonym(spark):
+    df = spark.createDataFrame([("Ana@Example.com ",), ("ana@example.com",)], "v string")
+    hashes = {r[0] for r in df.select(hmac_sha256(normalise_identifier(F.col("v")), b"k")).collect()}
+    assert len(hashes) == 1
+
+
+def test_mask_payload_removes_declared_fields_and_patterns(spark):
+    payload = (
+        '{"customer_email":"ana@example.com","handle":"@ana_s","note":"call +49 151 2345678 or mail bob@x.org",'
+        '"card":"4111 1111 1111 1111","amount":12.5,"event_time":"2026-06-01T10:00:00.000+00:00"}'
+    )
+    masked = spark.createDataFrame([(payload,)], "p string").select(mask_payload(F.col("p"), ["customer_email", "handle"])).first()[0]
+    for secret in ("ana@example.com", "@ana_s", "+49 151 2345678", "bob@x.org", "4111 1111 1111 1111"):
+        assert secret not in masked
+    assert '"amount":12.5' in masked and "2026-06-01T10:00:00.000+00:00" in masked
+
+
+def test_local_key_is_created_once_and_env_wins(tmp_path, monkeypatch):
+    monkeypatch.delenv("CRM_HMAC_KEY", raising=False)
+    first = hmac_key(tmp_path)
+    assert first == hmac_key(tmp_path) and len(first) == 64
+    assert (tmp_path / "secrets" / "hmac.key").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("CRM_HMAC_KEY", "from-env")
+    assert hmac_key(tmp_path) == b"from-env"
