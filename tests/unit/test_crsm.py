@@ -12,10 +12,10 @@ from pipelines.errors import CrmError
 def _directive(**kpi_changes):
     kpis = [
         {"name": "repeat_rate", "strategic_variable": "loyalty", "description": "d",
-         "expression": "avg(CASE WHEN frequency_90d >= 2 THEN 1.0 ELSE 0.0 END)", "uses": ["frequency_90d"],
+         "expression": "avg(CASE WHEN frequency_90d >= 2 THEN 1.0D ELSE 0.0D END)", "uses": ["frequency_90d"],
          "target": {"op": ">=", "value": 0.5}},
         {"name": "complaining", "strategic_variable": "satisfaction", "description": "d",
-         "expression": "avg(CASE WHEN complaints_30d > 0 THEN 1.0 ELSE 0.0 END)", "uses": ["complaints_30d"],
+         "expression": "avg(CASE WHEN complaints_30d > 0 THEN 1.0D ELSE 0.0D END)", "uses": ["complaints_30d"],
          "target": {"op": "<=", "value": 0.2}},
     ]
     kpis[0].update(kpi_changes)
