@@ -174,7 +174,7 @@ def cmd_directives(args, profile: Profile) -> int:
                 print(f"       param {p.name} = {p.measure}({p.column or '*'}{window}) from {p.source}")
             for o in (o for o in directives.operational.values() if o.directive.serves == f.directive.id):
                 print(f"       <- {o.directive.id} v{o.directive.version}  ({o.path.relative_to(profile.directives.parent)})")
-                for name, src in o.directive.sources.items():
+                for src in o.directive.sources.values():
                     rules = ", ".join(r.name for r in src.expectations) or "no expectations"
                     print(f"            topic {src.topic} ({src.schema_}, {src.partitions} partitions): {rules}")
     return 0
@@ -213,7 +213,7 @@ def _print_summary(spark, profile: Profile, directives, manifest) -> None:
     read = lambda path: spark.read.format("delta").load(path)  # noqa: E731
     print("\nThis run produced:")
     kinds = Counter()
-    for (source, kind), n in manifest.by_source_kind.items():
+    for (_, kind), n in manifest.by_source_kind.items():
         kinds[kind] += n
     print("  " + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())))
     print("Lakehouse totals (all runs):")

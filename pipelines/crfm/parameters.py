@@ -65,7 +65,7 @@ def check_plan(spark: SparkSession, directive: FunctionalDirective, schemas: dic
         empty = spark.createDataFrame([], schemas[source])
         for param in params:
             try:
-                empty.groupBy(directive.grain).agg(aggregate(param, as_of)).schema
+                _ = empty.groupBy(directive.grain).agg(aggregate(param, as_of)).schema  # analysis only
             except (AnalysisException, ParseException) as exc:
                 reason = str(exc).strip().splitlines()[0]
                 raise CrmError(f"{where}: parameters ({param.name}): {reason}") from exc

@@ -8,7 +8,6 @@ personal data, so they are never stored or logged.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -19,8 +18,6 @@ from pyspark.sql import types as T
 
 from pipelines.directives import Expectation, Source
 from pipelines.errors import CrmError
-
-log = logging.getLogger(__name__)
 
 RESULTS_SCHEMA = T.StructType(
     [

@@ -20,7 +20,7 @@ def _checked_value(params: DataFrame, kpi: Kpi, where: str) -> Column:
     """The KPI's aggregate, analysed (no job runs) against only the parameters it declares."""
     value = F.expr(kpi.expression).cast("double")
     try:
-        params.select(*kpi.uses).agg(value.alias("value")).schema
+        _ = params.select(*kpi.uses).agg(value.alias("value")).schema  # analysis only
     except (AnalysisException, ParseException) as exc:
         reason = str(exc).strip().splitlines()[0]
         raise CrmError(f"{where}: kpis ({kpi.name}): expression: {reason}") from exc

@@ -6,7 +6,6 @@ from datetime import datetime
 
 import pytest
 from pyspark.sql import functions as F
-from pyspark.errors import AnalysisException  # noqa: F401  (documents what check_plan turns into CrmError)
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.crfm.parameters import check_plan, customer_parameters, newest_event
