@@ -131,7 +131,9 @@ class BatchWriter:
             .where(F.col("batch_id") != F.lit(batch_id))
             .select("event_id")
         )
-        return candidates.join(earlier, "event_id", "left_anti")
+        # Both joins broadcast the batch-sized side, so silver's ids are scanned, never shuffled.
+        seen = earlier.join(F.broadcast(candidates.select("event_id")), "event_id", "left_semi")
+        return candidates.join(F.broadcast(seen), "event_id", "left_anti")
 
     @staticmethod
     def _count_outcomes(parsed: DataFrame) -> dict[str, tuple[int, int]]:

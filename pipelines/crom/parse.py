@@ -1,8 +1,10 @@
 """Parse raw Kafka records into typed rows, or a quarantine reason. Pure DataFrame transforms.
 
-Each value is parsed once into a VARIANT and type-checked field by field against the JSON
-Schema *before* it is cast, because a permissive cast turns "12" into 12 and a wrong type into
-a null that looks valid. Every record gets exactly one outcome: typed fields, or a reason code.
+Each value is parsed once into a VARIANT and its exact type is checked against the JSON
+Schema *before* it is cast, because a permissive cast turns "12" into 12 and a wrong type
+into a null that looks valid. Valid rows pass one regex over `schema_of_variant`; the
+field-by-field checks that name the reason run only for rejected rows. Every record gets
+exactly one outcome: typed fields, or a reason code.
 """
 
 from __future__ import annotations
