@@ -8,6 +8,7 @@ records the pid, and returns only when the admin client gets cluster metadata ba
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import shutil
 import signal
@@ -181,16 +182,21 @@ def _metadata_ok(bootstrap: str) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    # Refused connections are the expected answer while the broker starts; kafka-python
+    # logs each one as an error, so it is silenced for the probe only.
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            return bool(admin.describe_cluster().get("brokers"))
+        finally:
+            admin.close()
     except (KafkaError, OSError, ValueError):
         return False
-    try:
-        return bool(admin.describe_cluster().get("brokers"))
-    except (KafkaError, OSError):
-        return False
     finally:
-        admin.close()
+        kafka_log.setLevel(level)
 
 
 def stop(profile: Profile, data_dir: Path | None = None, timeout_s: float = 30.0) -> bool:
