@@ -130,15 +130,6 @@ class DirectiveSet:
             raise CrmError(f"expected exactly one {level} directive, found {len(found)}: {sorted(found)}")
         return next(iter(found.values()))
 
-    def parameter_sources(self, functional_id: str) -> dict[str, Source]:
-        """The operational sources available to a functional directive."""
-        return {
-            name: src
-            for op in self.operational.values()
-            if op.directive.serves == functional_id
-            for name, src in op.directive.sources.items()
-        }
-
 
 _MODELS = {
     "strategic": StrategicDirective,

@@ -41,10 +41,6 @@ class EventSchema:
         return T.StructType([T.StructField(f.name, f.spark_type, True) for f in self.fields])
 
     @property
-    def required(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields if f.required)
-
-    @property
     def pii_fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.pii)
 
