@@ -216,6 +216,11 @@ def stop(profile: Profile, data_dir: Path | None = None, timeout_s: float = 30.0
     return True
 
 
+def running_pid(profile: Profile, data_dir: Path | None = None) -> int | None:
+    """The broker's pid if it runs, without a metadata round trip."""
+    return _running_pid(paths(profile, data_dir))
+
+
 def status(profile: Profile, data_dir: Path | None = None) -> tuple[int | None, bool]:
     """(pid or None, whether the configured bootstrap servers answer metadata)."""
     p = paths(profile, data_dir)

@@ -184,7 +184,7 @@ def cmd_demo(args, profile: Profile) -> int:
     from pipelines import broker
 
     directives = _check_all(profile)
-    started_here = broker.status(profile)[0] is None
+    started_here = broker.running_pid(profile) is None
     if started_here:
         broker.start(profile)
         log.info("broker started on %s", profile.kafka.bootstrap_servers)

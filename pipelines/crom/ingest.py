@@ -146,7 +146,6 @@ class BatchWriter:
         return {r["kafka_topic"]: (r["valid"], r["rejected"]) for r in rows}
 
 
-
 def _refuse_wiped_checkpoint(writer: BatchWriter, checkpoint: str) -> None:
     """A new checkpoint restarts batch ids at 0; over tables holding later batches every
     write would be skipped as a replay. Refuse instead of silently writing nothing."""
