@@ -1,7 +1,8 @@
 """Profiles in conf/: where the lakehouse, checkpoints and broker live, and how Spark starts.
 
 A profile is a YAML file `conf/<name>.yaml`. Relative paths resolve against the repository
-root; CRM_LAKEHOUSE, CRM_CHECKPOINTS and CRM_KAFKA_BOOTSTRAP override the profile.
+root; CRM_LAKEHOUSE, CRM_CHECKPOINTS, CRM_KAFKA_BOOTSTRAP, CRM_MAX_OFFSETS_PER_TRIGGER and
+CRM_IDEMPOTENT_WRITES override the profile.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class IngestSettings(_Strict):
     max_offsets_per_trigger: int = 50_000
     trigger_interval: str = "5 seconds"
     starting_offsets: str = "earliest"
+    # Skip a (table, batch) already written. Off only to demonstrate the duplicates a replay
+    # makes without it; CRM_IDEMPOTENT_WRITES=0 turns it off.
+    idempotent_writes: bool = True
 
 
 class Profile(_Strict):
@@ -91,6 +95,10 @@ def load_profile(name: str = "local") -> Profile:
     for key, var in (("lakehouse", "CRM_LAKEHOUSE"), ("checkpoints", "CRM_CHECKPOINTS")):
         if env.get(var):
             raw[key] = env[var]
+    if env.get("CRM_IDEMPOTENT_WRITES") in ("0", "false"):
+        raw.setdefault("ingest", {})["idempotent_writes"] = False
+    if env.get("CRM_MAX_OFFSETS_PER_TRIGGER"):
+        raw.setdefault("ingest", {})["max_offsets_per_trigger"] = env["CRM_MAX_OFFSETS_PER_TRIGGER"]
     if env.get("CRM_KAFKA_BOOTSTRAP"):
         raw["kafka"]["bootstrap_servers"] = env["CRM_KAFKA_BOOTSTRAP"]
     for key in ("lakehouse", "checkpoints", "directives", "schemas", "cache"):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.errors import CrmError, describe_validation_error
 from pipelines.schemas import DATA_CLASSES, EventSchema, load_schema
@@ -78,17 +78,54 @@ class FunctionalDirective(_Strict):
     serves: str | None = None
     description: str
     grain: Literal["customer_id"] = "customer_id"
+    include_untrusted: bool = Field(default=False, description="Read events from producers no source trusts.")
     parameters: list[Parameter] = Field(min_length=1)
 
 
 # --- operational -------------------------------------------------------------------------
 
 
+Action = Literal["warn", "quarantine", "fail"]
+TrustLevel = Literal["high", "medium", "low"]
+UNTRUSTED = "untrusted"  # the trust level of producers a source does not list
+
+# Columns the validator derives for every event, usable in expectations besides the schema's.
+DERIVED_COLUMNS = ("event_lag_seconds",)
+COLUMN_KWARGS = ("column", "column_A", "column_B")
+
+
 class Expectation(_Strict):
     name: str = Field(pattern=_NAME)
     type: str = Field(pattern=r"^expect_[a-z_]+$", description="A Great Expectations expectation type.")
     kwargs: dict = {}
-    protects: list[str] = Field(default=[], description="Functional parameters this rule protects.")
+    action: Action = Field(description="warn: keep and flag; quarantine: route failing rows; fail: stop the job.")
+    protects: list[str] = Field(min_length=1, description="Functional parameters this rule protects.")
+
+    def columns(self) -> list[str]:
+        named = [self.kwargs[k] for k in COLUMN_KWARGS if isinstance(self.kwargs.get(k), str)]
+        return named + [c for c in self.kwargs.get("column_list", []) if isinstance(c, str)]
+
+
+class ExpectationDefaults(_Strict):
+    """Merged into every rule of the directive; a rule's own keys win."""
+
+    action: Action | None = None
+    protects: list[str] | None = None
+
+
+class Evolution(_Strict):
+    """What to do with records that drifted from the registered schema."""
+
+    extra_fields: Literal["quarantine", "accept"] = "quarantine"
+    newer_versions: Literal["quarantine", "accept"] = Field(
+        default="quarantine", description="accept: a higher schema_version is kept if it still fits this schema."
+    )
+    changed_types: Literal["quarantine"] = "quarantine"  # a changed type needs a new schema, never a silent cast
+
+
+class Trust(_Strict):
+    level: TrustLevel = "high"
+    producers: list[str] = Field(min_length=1, description="Known producers; any other producer is untrusted.")
 
 
 class Source(_Strict):
@@ -96,7 +133,19 @@ class Source(_Strict):
     schema_: str = Field(alias="schema", pattern=r"^[a-z_]+\.v[0-9]+$")
     partitions: int = Field(default=1, ge=1)
     retention_hours: int = Field(default=168, ge=1)
+    trust: Trust
+    evolution: Evolution = Evolution()
     expectations: list[Expectation] = []
+
+
+class Watermark(_Strict):
+    column: str = "event_time"
+    delay_hours: int = Field(ge=1, description="Events older than the newest seen minus this are late.")
+
+
+class Limits(_Strict):
+    max_record_bytes: int = Field(default=262_144, ge=1024)
+    require_key: bool = True
 
 
 class OperationalDirective(_Strict):
@@ -104,7 +153,25 @@ class OperationalDirective(_Strict):
     version: int = Field(ge=1)
     serves: str | None = None
     description: str
+    defaults: ExpectationDefaults = ExpectationDefaults()
+    watermark: Watermark
+    limits: Limits = Limits()
     sources: dict[str, Source] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, raw):
+        """Merge `defaults` into each rule before the rules are validated."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("defaults"), dict) or not isinstance(raw.get("sources"), dict):
+            return raw
+        defaults = {k: v for k, v in raw["defaults"].items() if v is not None}
+        sources = {}
+        for name, src in raw["sources"].items():
+            if isinstance(src, dict) and isinstance(src.get("expectations"), list):
+                rules = [{**defaults, **rule} if isinstance(rule, dict) else rule for rule in src["expectations"]]
+                src = {**src, "expectations": rules}
+            sources[name] = src
+        return {**raw, "sources": sources}
 
 
 # --- the chain ---------------------------------------------------------------------------
@@ -163,13 +230,23 @@ def _load_level(root: Path, level: str) -> dict[str, Loaded]:
         try:
             directive = _MODELS[level].model_validate(raw)
         except ValidationError as exc:
-            raise CrmError(describe_validation_error(path, exc)) from exc
+            raise CrmError(describe_validation_error(path, exc, name_of=lambda loc: _rule_name(raw, loc))) from exc
         if not directive.id.startswith(level + "."):
             raise CrmError(f"{path}: id: {directive.id!r} must start with '{level}.'")
         if directive.id in loaded:
             raise CrmError(f"{path}: id: {directive.id!r} is already defined in {loaded[directive.id].path}")
         loaded[directive.id] = Loaded(directive, path)
     return loaded
+
+
+def _rule_name(raw: dict, loc: tuple) -> str | None:
+    """The `name` of the rule an error location points into, e.g. sources.web.expectations.0."""
+    if len(loc) >= 4 and loc[0] == "sources" and loc[2] == "expectations" and isinstance(loc[3], int):
+        try:
+            return raw["sources"][loc[1]]["expectations"][loc[3]].get("name")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+    return None
 
 
 def load_directives(root: Path, schemas_dir: Path) -> DirectiveSet:
@@ -222,12 +299,14 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
         if rule.name in seen:
             raise CrmError(f"{where}: name: duplicate rule name")
         seen.add(rule.name)
-        column = rule.kwargs.get("column")
-        if column is not None and schema.field(column) is None:
-            raise CrmError(f"{where}: kwargs.column: {column!r} is not a field of {schema.name}")
+        for column in rule.columns():
+            if schema.field(column) is None and column not in DERIVED_COLUMNS:
+                raise CrmError(f"{where}: kwargs: column {column!r} is not a field of {schema.name}")
         for param in rule.protects:
             if param not in params:
                 raise CrmError(f"{where}: protects: {param!r} is not a parameter of {ref.directive.serves}")
+    if schema.field(ref.directive.watermark.column) is None:
+        raise CrmError(f"{ref.path}: watermark.column: {ref.directive.watermark.column!r} is not a field of {schema.name}")
 
 
 def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]) -> None:

@@ -11,10 +11,16 @@ class CrmError(Exception):
     """A failure with a one-line, user-facing reason."""
 
 
-def describe_validation_error(path: Path | str, exc: ValidationError, prefix: str = "") -> str:
-    """Name the file and the key of the first problem pydantic found, in one line."""
+def describe_validation_error(path: Path | str, exc: ValidationError, prefix: str = "", name_of=None) -> str:
+    """Name the file and the key of the first problem pydantic found, in one line.
+
+    `name_of(loc)` may give a name for the item the location points into (a rule's name).
+    """
     err = exc.errors()[0]
     loc = ".".join(str(part) for part in (prefix, *err["loc"]) if part != "")
+    name = name_of(err["loc"]) if name_of else None
+    if name:
+        loc = f"{loc} ({name})"
     kind = err["type"]
     if kind == "extra_forbidden":
         reason = "unknown key"

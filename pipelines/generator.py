@@ -20,8 +20,20 @@ from typing import Callable, Iterator
 
 SOURCES = ("web", "social", "log", "transaction")
 SOURCE_WEIGHTS = (50, 10, 20, 20)
-BAD_KINDS = ("malformed_json", "wrong_type", "missing_field", "duplicate", "late", "unknown_source")
-QUARANTINED_KINDS = ("malformed_json", "wrong_type", "missing_field", "unknown_source")
+BAD_KINDS = (
+    "malformed_json", "wrong_type", "missing_field", "duplicate", "late", "unknown_source", "rule_violation", "untrusted_producer",
+)
+# What CROM must do with each kind: its quarantine reason, or the table it lands in.
+REASON_OF_KIND = {
+    "malformed_json": "malformed_json",
+    "wrong_type": "wrong_type",
+    "missing_field": "missing_field",
+    "unknown_source": "unknown_source",
+    "rule_violation": "expectation_failed",
+}
+QUARANTINED_KINDS = tuple(REASON_OF_KIND)
+SILVER_KINDS = ("valid", "untrusted_producer")
+LATE_BY = timedelta(days=365)  # far behind any watermark
 ANCHOR = datetime(2026, 6, 1, tzinfo=timezone.utc)
 SPACING_S = 90  # mean gap between events: 100k events span about 104 days
 POPULATION = 2_000
@@ -125,17 +137,27 @@ def population(seed: int, size: int = POPULATION) -> list[Customer]:
 
 @dataclass
 class EventStream:
-    """Event i of a seeded stream; `bad_fraction` of events are replaced by bad records."""
+    """Event i of a seeded stream; `bad_fraction` of events are replaced by bad records.
+
+    The bad kinds share `bad_fraction` equally, unless `mix` gives a fraction per kind.
+    """
 
     seed: int
     topics: dict[str, str]  # source -> topic
     bad_fraction: float = 0.0
+    mix: dict[str, float] | None = None
     customers: list[Customer] = field(default_factory=list)
     _cum_weights: list[float] = field(default_factory=list)
+    _mix: list[tuple[float, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.bad_fraction <= 1.0:
             raise ValueError("bad_fraction must be between 0 and 1")
+        mix = self.mix if self.mix is not None else {k: self.bad_fraction / len(BAD_KINDS) for k in BAD_KINDS}
+        unknown = set(mix) - set(BAD_KINDS)
+        if unknown or sum(mix.values()) > 1.0:
+            raise ValueError(f"mix must give fractions summing to at most 1 for kinds of {BAD_KINDS}")
+        self._mix = list(zip(itertools.accumulate(mix.values()), mix, strict=True))
         self.customers = self.customers or population(self.seed)
         self._cum_weights = list(itertools.accumulate(c.activity for c in self.customers))
 
@@ -143,9 +165,8 @@ class EventStream:
         return random.Random(f"{self.seed}:{i}")
 
     def _draw_kind(self, rng: random.Random) -> str:
-        if rng.random() >= self.bad_fraction:
-            return "valid"
-        return BAD_KINDS[rng.randrange(len(BAD_KINDS))]
+        draw = rng.random()
+        return next((kind for upto, kind in self._mix if draw < upto), "valid")
 
     def kind_of(self, i: int) -> str:
         return self._draw_kind(self._rng(i))
@@ -155,15 +176,21 @@ class EventStream:
         kind = self._draw_kind(rng)
         if kind == "duplicate":
             original = i - 1 - rng.randrange(50)
-            if original >= 0 and self.kind_of(original) in ("valid", "late"):
+            if original >= 0 and self.kind_of(original) == "valid":
                 again = self.event(original)
                 return GeneratedEvent(i, again.topic, again.source, "duplicate", again.event_id, again.key, again.value)
             kind = "valid"
         source, record = self._valid_record(i, rng)
         if kind == "late":
-            late = datetime.fromisoformat(record["event_time"]) - timedelta(days=3)
+            late = datetime.fromisoformat(record["event_time"]) - LATE_BY
             record["event_time"] = late.isoformat(timespec="milliseconds")
-        elif kind == "wrong_type":
+        elif kind == "untrusted_producer":
+            record["producer"] = f"unregistered-{source}-feed"
+        elif kind == "rule_violation":
+            source, record = self._rule_violation(i, rng)
+        event_id = record["event_id"]
+        key = record.get("customer_id") or event_id  # the directive requires a key
+        if kind == "wrong_type":
             field_name = rng.choice([k for k, v in record.items() if k not in ("source", "schema_version") and v is not None])
             record[field_name] = {"unexpected": True} if isinstance(record[field_name], str) else "not-a-" + type(record[field_name]).__name__
         elif kind == "missing_field":
@@ -173,13 +200,16 @@ class EventStream:
         value = json.dumps(record, separators=(",", ":")).encode("utf-8")
         if kind == "malformed_json":
             value = value[: rng.randrange(1, len(value) - 1)]
-        key = record.get("customer_id")
-        return GeneratedEvent(
-            i, self.topics[source], source, kind, record.get("event_id"), key.encode() if isinstance(key, str) else None, value
-        )
+        return GeneratedEvent(i, self.topics[source], source, kind, event_id, key.encode(), value)
 
-    def _valid_record(self, i: int, rng: random.Random) -> tuple[str, dict]:
-        source = rng.choices(SOURCES, SOURCE_WEIGHTS)[0]
+    def _rule_violation(self, i: int, rng: random.Random) -> tuple[str, dict]:
+        """A well-typed transaction that breaks a quarantine rule of the shipped directive."""
+        source, record = self._valid_record(i, rng, source="transaction")
+        record["currency"] = "XXX"
+        return source, record
+
+    def _valid_record(self, i: int, rng: random.Random, source: str | None = None) -> tuple[str, dict]:
+        source = source or rng.choices(SOURCES, SOURCE_WEIGHTS)[0]
         customer = rng.choices(self.customers, cum_weights=self._cum_weights)[0]
         when = ANCHOR + timedelta(seconds=i * SPACING_S + rng.randrange(SPACING_S))
         record = {

@@ -36,9 +36,10 @@ class BatchAppender:
 
     HISTORY_DEPTH = 100  # commits searched for our last batch (other jobs may commit too)
 
-    def __init__(self, spark: SparkSession, app_id: str):
+    def __init__(self, spark: SparkSession, app_id: str, enabled: bool = True):
         self.spark = spark
         self.app_id = app_id
+        self.enabled = enabled  # False only to show what a replay does without it (a test control)
         self._last: dict[str, int] = {}
 
     def last_batch(self, path: str) -> int:
@@ -56,7 +57,7 @@ class BatchAppender:
 
     def append(self, df: DataFrame, path: str, batch_id: int) -> bool:
         """Append unless this batch is already in the table; True if written."""
-        if batch_id <= self.last_batch(path):
+        if self.enabled and batch_id <= self.last_batch(path):
             return False
         df.write.format("delta").mode("append").option("userMetadata", f"{self.app_id}:{batch_id}").save(path)
         self._last[path] = batch_id

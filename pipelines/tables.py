@@ -15,6 +15,7 @@ from pipelines.config import Profile
 class CromTables:
     bronze: str
     quarantine: str
+    late: str
     validation_results: str
     batch_audit: str
     silver: dict[str, str]
@@ -24,6 +25,7 @@ class CromTables:
         return cls(
             bronze=profile.table_path("crom", "bronze"),
             quarantine=profile.table_path("crom", "quarantine"),
+            late=profile.table_path("crom", "late_events"),
             validation_results=profile.table_path("crom", "validation_results"),
             batch_audit=profile.table_path("crom", "batch_audit"),
             silver={s: silver_table(profile, s) for s in sources},

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import Profile
 from pipelines.crfm.parameters import check_plan, customer_parameters, newest_event
-from pipelines.directives import DirectiveSet, Loaded
+from pipelines.directives import UNTRUSTED, DirectiveSet, Loaded
 from pipelines.errors import CrmError
 from pipelines.tables import functional_table, silver_table
 
@@ -36,13 +36,18 @@ def _table_version(spark: SparkSession, path: str) -> int:
     return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
 
 
+def trusted(silver, include_untrusted: bool):
+    """Silver rows the directive accepts: events of unknown producers only when it says so (V5)."""
+    return silver if include_untrusted else silver.where(F.col("trust_level") != F.lit(UNTRUSTED))
+
+
 def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveSet, functional: Loaded) -> FunctionalRun:
     directive = functional.directive
     sources = sorted({p.source for p in directive.parameters})
     paths = {s: silver_table(profile, s) for s in sources}
     # Versions only grow, so their sum identifies the input state and grows with it.
     source_version = sum(_table_version(spark, paths[s]) for s in sources)
-    silver = {s: spark.read.format("delta").load(p) for s, p in paths.items()}
+    silver = {s: trusted(spark.read.format("delta").load(p), directive.include_untrusted) for s, p in paths.items()}
     check_plan(spark, directive, {s: df.schema for s, df in silver.items()}, str(functional.path))
 
     out = functional_table(profile, directive.id)

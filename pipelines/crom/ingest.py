@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from functools import reduce
 from pathlib import Path
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Profile
 from pipelines.crom import records
 from pipelines.crom.parse import parse_all
-from pipelines.crom.validate import RESULTS_SCHEMA, BatchValidator
-from pipelines.directives import Loaded
+from pipelines.crom.validate import RESULTS_SCHEMA, BatchValidator, compile_rules, failures_that_stop, prefixed
+from pipelines.directives import UNTRUSTED, Loaded
 from pipelines.errors import CrmError
 from pipelines.lakehouse import BatchAppender, ensure_table
 from pipelines.privacy import hmac_key
@@ -35,7 +37,12 @@ APP_ID = "crom-ingest"
 
 
 class BatchWriter:
-    """Writes one micro-batch to every CROM table; safe to call twice with the same batch id."""
+    """Writes one micro-batch to every CROM table; safe to call twice with the same batch id.
+
+    Each batch is staged once (parse, rule conditions, flags) and cached; one aggregation
+    then gives every count, GE metric and the newest event time per source. `fail` rules
+    are judged before anything is written, so a stopping batch leaves no trace.
+    """
 
     def __init__(self, spark: SparkSession, profile: Profile, operational: Loaded, schemas: dict[str, EventSchema]):
         directive = operational.directive
@@ -44,106 +51,185 @@ class BatchWriter:
         self.schemas = schemas
         self.topics = {src.topic: name for name, src in directive.sources.items()}
         self.by_topic = {topic: schemas[source] for topic, source in self.topics.items()}
+        self.evolution = {name: src.evolution for name, src in directive.sources.items()}
         self.pii_keys = sorted({f for s in schemas.values() for f in s.pii_fields})
         self.key = hmac_key(profile.cache)
         self.tables = CromTables.of(profile, list(directive.sources))
-        self.appender = BatchAppender(spark, APP_ID)
-        self.validator = BatchValidator(directive.sources, directive.id, directive.version, str(operational.path))
+        self.appender = BatchAppender(spark, APP_ID, enabled=profile.ingest.idempotent_writes)
+        self.time_column = directive.watermark.column
+        self.delay = timedelta(hours=directive.watermark.delay_hours)
+        rules = compile_rules(directive.sources, str(operational.path))
+        self.rule_columns = {
+            name: sorted({c for r in rules if r.source == name for c in r.rule.columns()}) for name in directive.sources
+        }
+        self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
+        self._seen: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
         self._create_tables()
+
+    def _frame_schema(self) -> T.StructType:
+        fields = []
+        for source, columns in self.rule_columns.items():
+            typed = {f.name: f.dataType for f in self.schemas[source].spark_schema}
+            for column in columns:
+                fields.append(T.StructField(prefixed(source, column), typed.get(column, T.DoubleType()), True))
+        return T.StructType(fields)
 
     def _create_tables(self) -> None:
         ensure_table(self.spark, self.tables.bronze, records.BRONZE_SCHEMA)
         ensure_table(self.spark, self.tables.quarantine, records.QUARANTINE_SCHEMA)
+        ensure_table(self.spark, self.tables.late, records.LATE_SCHEMA)
         ensure_table(self.spark, self.tables.validation_results, RESULTS_SCHEMA)
         ensure_table(self.spark, self.tables.batch_audit, records.BATCH_AUDIT_SCHEMA)
         for source, path in self.tables.silver.items():
             ensure_table(self.spark, path, records.silver_schema(self.schemas[source]))
 
+    def stage(self, batch: DataFrame) -> DataFrame:
+        """Kafka rows -> parsed, with rule columns, failed quarantine rules and warn flags."""
+        parsed = parse_all(records.decode(batch), self.by_topic, limits=self.directive.limits, evolution=self.evolution)
+        return records.stage(
+            parsed,
+            self.topics,
+            self.rule_columns,
+            lambda source: self.validator.failed_rules(source, "quarantine"),
+            lambda source: self.validator.failed_rules(source, "warn"),
+            self.time_column,
+        )
+
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        parsed = parse_all(records.decode(batch), self.by_topic).persist(StorageLevel.MEMORY_AND_DISK)
+        staged = self.stage(batch).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            counts = self._write(parsed, batch_id)
+            counts = self._write(staged, batch_id)
         finally:
-            parsed.unpersist()
+            staged.unpersist()
         if counts:
+            total = lambda key: sum(c[key] for c in counts)  # noqa: E731
             log.info(
-                "batch %d: %d records -> silver %d, quarantine %d, duplicates %d (%.1fs)",
-                batch_id,
-                sum(c["records"] for c in counts),
-                sum(c["silver_rows"] for c in counts),
-                sum(c["quarantined"] for c in counts),
-                sum(c["duplicates"] for c in counts),
+                "batch %d: %d records -> silver %d, quarantine %d, late %d, duplicates %d (%.1fs)",
+                batch_id, total("records"), total("silver_rows"), total("quarantined"), total("late"), total("duplicates"),
                 time.monotonic() - started,
             )
 
-    def _write(self, parsed: DataFrame, batch_id: int) -> list[dict]:
-        outcomes = self._count_outcomes(parsed)
-        if not outcomes:
-            return []
-        self.appender.append(records.to_bronze(parsed, self.pii_keys, batch_id), self.tables.bronze, batch_id)
-        results: list[Row] = []
-        counts: list[dict] = []
+    def _totals(self) -> list[Column]:
+        """Every count the batch needs, per source, plus every GE metric: one aggregation."""
+        out = []
         for topic, source in self.topics.items():
-            valid, rejected = outcomes.get(topic, (0, 0))
-            if valid + rejected == 0:
-                continue
+            this = F.col("kafka_topic") == topic
+            valid = this & records.routed_valid(source)
+            out += [
+                F.count(F.when(this, 1)).alias(f"records_{source}"),
+                F.count(F.when(valid, 1)).alias(f"valid_{source}"),
+                F.count(F.when(valid & (records.trust_level(source, self.directive.sources[source].trust) == UNTRUSTED), 1)).alias(
+                    f"untrusted_{source}"
+                ),
+                F.max(F.when(valid, F.col(f"{source}.{self.time_column}"))).alias(f"newest_{source}"),
+            ]
+        sources_by_name = {source: topic for topic, source in self.topics.items()}
+        return out + self.validator.aggregates(lambda source: (F.col("kafka_topic") == sources_by_name[source]) & F.col(source).isNotNull())
+
+    def _write(self, staged: DataFrame, batch_id: int) -> list[dict]:
+        totals = staged.agg(*self._totals()).first()
+        if not any(totals[f"records_{s}"] for s in self.topics.values()):
+            return []
+        results = self.validator.judge(totals, batch_id)
+        stops = failures_that_stop(results)
+        if stops:
+            rules = ", ".join(f"{r['source']}.{r['rule']} ({r['expectation_type']})" for r in stops)
+            raise CrmError(f"batch {batch_id}: 'fail' rule(s) failed: {rules}; nothing of this batch was written")
+        watermarks = self._watermarks(totals, batch_id)
+
+        self.appender.append(records.to_bronze(staged, self.pii_keys, batch_id), self.tables.bronze, batch_id)
+        counts, late_frames = [], []
+        for source in self.topics.values():
+            valid = totals[f"valid_{source}"]
             inserted = 0
             if valid:
-                new_rows = self._new_silver_rows(parsed, source, batch_id).persist(StorageLevel.MEMORY_AND_DISK)
-                try:
-                    inserted = new_rows.count()
-                    self.appender.append(new_rows, self.tables.silver[source], batch_id)
-                    results += self.validator.validate(source, new_rows, batch_id)
-                finally:
-                    new_rows.unpersist()
+                silver_rows = records.to_silver(staged, source, self.schemas[source], self.directive.sources[source].trust, self.key, batch_id)
+                mark = watermarks[source]
+                on_time = silver_rows.where(F.col(self.time_column) >= F.lit(mark)) if mark else silver_rows
+                if mark:
+                    late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
+                inserted = self._append_counted(self._new_silver_rows(on_time, source, batch_id, mark), self.tables.silver[source], batch_id)
             counts.append(
                 dict(
                     batch_id=batch_id,
                     source=source,
-                    records=valid + rejected,
+                    records=totals[f"records_{source}"],
                     silver_rows=inserted,
-                    duplicates=valid - inserted,
-                    quarantined=rejected,
-                    finished_at=datetime.now(timezone.utc),
+                    valid=valid,
+                    quarantined=totals[f"records_{source}"] - valid,
+                    untrusted=totals[f"untrusted_{source}"],
+                    max_event_time=self._seen[1].get(source),
+                    watermark=watermarks[source],
                 )
             )
+        quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
         if any(c["quarantined"] for c in counts):
-            quarantine = records.to_quarantine(parsed, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
             self.appender.append(quarantine, self.tables.quarantine, batch_id)
+        late = self._append_late(late_frames, batch_id)
+        for c in counts:
+            c["late"] = late.get(c["source"], 0)
+            c["duplicates"] = c.pop("valid") - c["late"] - c["silver_rows"]
+            c["finished_at"] = datetime.now(timezone.utc)
         if results:
             self.appender.append(self.spark.createDataFrame(results, RESULTS_SCHEMA), self.tables.validation_results, batch_id)
-        audit = self.spark.createDataFrame([Row(**c) for c in counts], records.BATCH_AUDIT_SCHEMA)
+        audit = self.spark.createDataFrame([tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts], records.BATCH_AUDIT_SCHEMA)
         self.appender.append(audit, self.tables.batch_audit, batch_id)
         return counts
 
-    def _new_silver_rows(self, parsed: DataFrame, source: str, batch_id: int) -> DataFrame:
-        """Valid rows whose event_id is new: not in this batch twice, not in silver before.
+    def _watermarks(self, totals: Row, batch_id: int) -> dict[str, datetime | None]:
+        """Per source: the newest event time up to and including this batch, minus the delay.
+
+        Earlier batches' newest times come from batch_audit (batch ids below this one), so a
+        replayed batch gets the same watermark; they are kept in memory between batches.
+        """
+        last, newest = self._seen
+        if last != batch_id - 1:
+            rows = (
+                self.spark.read.format("delta").load(self.tables.batch_audit)
+                .where(F.col("batch_id") < batch_id)
+                .groupBy("source").agg(F.max("max_event_time").alias("newest"))
+                .collect()
+            )  # a handful of rows, read only after a restart
+            newest = {r["source"]: r["newest"] for r in rows if r["newest"] is not None}
+        newest = dict(newest)
+        for source in self.topics.values():
+            here = totals[f"newest_{source}"]
+            if here is not None and (source not in newest or here > newest[source]):
+                newest[source] = here
+        self._seen = (batch_id, newest)
+        return {s: (newest[s] - self.delay if s in newest else None) for s in self.topics.values()}
+
+    def _append_counted(self, rows: DataFrame, path: str, batch_id: int) -> int:
+        """Append and return the row count, observed during the write instead of a second job."""
+        observation = Observation()
+        if self.appender.append(rows.observe(observation, F.count(F.lit(1)).alias("rows")), path, batch_id):
+            return observation.get["rows"]
+        return rows.count()  # a replay: the rows are already there, count what they were
+
+    def _append_late(self, frames: list[DataFrame], batch_id: int) -> dict[str, int]:
+        if not frames:
+            return {}
+        late = reduce(DataFrame.unionByName, frames)
+        observation = Observation()
+        per_source = [F.count(F.when(F.col("source") == s, 1)).alias(s) for s in self.topics.values()]
+        if self.appender.append(late.observe(observation, *per_source), self.tables.late, batch_id):
+            return dict(observation.get)
+        return late.agg(*per_source).first().asDict()
+
+    def _new_silver_rows(self, on_time: DataFrame, source: str, batch_id: int, mark: datetime | None) -> DataFrame:
+        """Rows whose event_id is new: not in this batch twice, not in silver within the watermark.
 
         Rows an earlier attempt of this same batch wrote are not "before", so a replayed
         batch computes the same rows (and BatchAppender then skips its append).
         """
-        candidates = records.to_silver(parsed, source, self.schemas[source], self.key, batch_id)
-        candidates = candidates.dropDuplicates(["event_id"])
-        earlier = (
-            self.spark.read.format("delta")
-            .load(self.tables.silver[source])
-            .where(F.col("batch_id") != F.lit(batch_id))
-            .select("event_id")
-        )
+        candidates = on_time.dropDuplicates(["event_id"])
+        earlier = self.spark.read.format("delta").load(self.tables.silver[source]).where(F.col("batch_id") != F.lit(batch_id))
+        if mark is not None:
+            earlier = earlier.where(F.col(self.time_column) >= F.lit(mark))  # file stats skip older data
         # Both joins broadcast the batch-sized side, so silver's ids are scanned, never shuffled.
-        seen = earlier.join(F.broadcast(candidates.select("event_id")), "event_id", "left_semi")
+        seen = earlier.select("event_id").join(F.broadcast(candidates.select("event_id")), "event_id", "left_semi")
         return candidates.join(F.broadcast(seen), "event_id", "left_anti")
-
-    @staticmethod
-    def _count_outcomes(parsed: DataFrame) -> dict[str, tuple[int, int]]:
-        """{topic: (valid, rejected)} in one pass; the aggregate is a few numbers, not rows."""
-        rows = (
-            parsed.groupBy("kafka_topic")
-            .agg(F.count(F.when(F.col("reason_code").isNull(), 1)).alias("valid"), F.count("reason_code").alias("rejected"))
-            .collect()
-        )
-        return {r["kafka_topic"]: (r["valid"], r["rejected"]) for r in rows}
 
 
 def _refuse_wiped_checkpoint(writer: BatchWriter, checkpoint: str) -> None:

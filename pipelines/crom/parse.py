@@ -12,9 +12,15 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from pipelines.directives import Evolution, Limits
 from pipelines.schemas import EventSchema
 
 # Reason codes, in the order they are checked; the first that applies wins.
+EMPTY_VALUE = "empty_value"
+OVERSIZED = "oversized"
+INVALID_ENCODING = "invalid_encoding"
+MISSING_KEY = "missing_key"
+NESTING_TOO_DEEP = "nesting_too_deep"
 MALFORMED_JSON = "malformed_json"
 NOT_AN_OBJECT = "not_a_json_object"
 UNKNOWN_SOURCE = "unknown_source"
@@ -24,6 +30,9 @@ MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 EXTRA_FIELD = "extra_field"
 UNKNOWN_TOPIC = "unknown_topic"
+EXPECTATION_FAILED = "expectation_failed"  # set later, by the directive's quarantine rules
+
+MAX_DEPTH = 1000  # JSON parsers refuse deeper nesting; deeper values get their own reason
 
 _INTEGER = r"^(BIGINT|INT|SMALLINT|TINYINT|DECIMAL\(\d+,0\))$"
 _NUMBER = r"^(BIGINT|INT|SMALLINT|TINYINT|DECIMAL\(\d+,\d+\)|DOUBLE|FLOAT)$"
@@ -98,33 +107,49 @@ def _field_checks(schema: EventSchema) -> list[tuple[Column, str, str]]:
     return checks
 
 
-def _reason(schema: EventSchema, known_sources: list[str]) -> tuple[Column, Column]:
+def _extra_fields(schema: EventSchema) -> Column:
+    keys = F.map_keys(F.try_variant_get(F.col("_v"), "$", "map<string,variant>"))
+    return F.array_sort(F.array_except(keys, F.array(*map(F.lit, schema.document["properties"]))))
+
+
+def _version_known(schema: EventSchema, evolution: Evolution) -> Column:
+    version = F.variant_get(F.col("_v"), "$.schema_version", "variant")
+    number = F.try_variant_get(version, "$", "bigint")
+    known = (number >= F.lit(schema.version)) if evolution.newer_versions == "accept" else (number == F.lit(schema.version))
+    return F.coalesce(F.schema_of_variant(version).rlike(_INTEGER), F.lit(False)) & F.coalesce(known, F.lit(False))
+
+
+def _too_deep(value: Column) -> Column:
+    """At least MAX_DEPTH brackets opened in a row, once strings and scalars are removed.
+
+    Nesting bombs open brackets from the start; this avoids a recursive regex.
+    """
+    head = F.regexp_replace(F.substring(value, 1, 64 * MAX_DEPTH), r'"(?:[^"\\]|\\.)*"', "")
+    brackets = F.regexp_replace(head, r"[^\[\]{}]", "")
+    runs = F.regexp_extract_all(brackets, F.lit(r"([\[{]+)"), 1)
+    return F.coalesce(F.array_max(F.transform(runs, F.length)), F.lit(0)) >= MAX_DEPTH
+
+
+def _reason(schema: EventSchema, known_sources: list[str], evolution: Evolution) -> tuple[Column, Column]:
     """The first failing check as (reason code, detail); both null for a valid record."""
     source = F.try_variant_get(F.col("_v"), "$.source", "string")
-    version = F.variant_get(F.col("_v"), "$.schema_version", "variant")
-    keys = F.map_keys(F.try_variant_get(F.col("_v"), "$", "map<string,variant>"))
-    extra = F.array_except(keys, F.array(*map(F.lit, schema.document["properties"])))
+    extra = _extra_fields(schema)
     checks: list[tuple[Column, str, Column | str | None]] = [
+        (F.col("_v").isNull() & _too_deep(F.col("value")), NESTING_TOO_DEEP, f"more than {MAX_DEPTH} levels"),
         (F.col("_v").isNull(), MALFORMED_JSON, None),
         (~F.schema_of_variant(F.col("_v")).startswith("OBJECT"), NOT_AN_OBJECT, None),
         (source.isNull() | ~source.isin(known_sources), UNKNOWN_SOURCE, None),
         (source != F.lit(schema.source), SOURCE_TOPIC_MISMATCH, F.concat(F.lit("source="), source)),
         (
-            ~F.coalesce(F.schema_of_variant(version).rlike(_INTEGER), F.lit(False))
-            | (F.try_variant_get(version, "$", "bigint") != F.lit(schema.version)),
+            ~_version_known(schema, evolution),
             UNKNOWN_SCHEMA_VERSION,
-            None,
+            F.concat(F.lit("schema_version="), F.to_json(F.variant_get(F.col("_v"), "$.schema_version", "variant"))),
         ),
         *_field_checks(schema),
-        (F.size(extra) > 0, EXTRA_FIELD, F.array_join(F.array_sort(extra), ",")),
     ]
-    code = F.lit(None).cast("string")
-    detail = F.lit(None).cast("string")
-    for failed, reason, info in reversed(checks):
-        code = F.when(failed, F.lit(reason)).otherwise(code)
-        info_col = F.lit(info) if isinstance(info, str) or info is None else info
-        detail = F.when(failed, info_col.cast("string")).otherwise(detail)
-    return code, detail
+    if evolution.extra_fields == "quarantine":
+        checks.append((F.size(extra) > 0, EXTRA_FIELD, F.array_join(extra, ",")))
+    return _first(checks, F.lit(None).cast("string"), F.lit(None).cast("string"))
 
 
 def _variant_type_regex(prop: dict) -> str:
@@ -185,43 +210,113 @@ def _valid(schema: EventSchema, typed: Column) -> Column:
     )
 
 
-def parse_all(raw: DataFrame, by_topic: dict[str, EventSchema], known_sources: list[str] | None = None) -> DataFrame:
+def _pre_checks(raw: DataFrame, limits: Limits) -> list[tuple[Column, str, Column | str | None]]:
+    """Checks on the raw bytes, before any parsing; the first that fails wins."""
+    value = F.col("value")
+    checks: list[tuple[Column, str, Column | str | None]] = [
+        (value.isNull() | (F.length(value) == 0), EMPTY_VALUE, None),
+        (F.col("payload_bytes") > limits.max_record_bytes, OVERSIZED, F.concat(F.col("payload_bytes").cast("string"), F.lit(" bytes"))),
+    ]
+    if "value_utf8" in raw.columns:
+        checks.append((~F.col("value_utf8"), INVALID_ENCODING, "invalid UTF-8"))
+    checks.append((F.instr(value, "\u0000") > 0, INVALID_ENCODING, "NUL byte"))
+    if limits.require_key and "key" in raw.columns:
+        checks.append((F.col("key").isNull() | (F.length("key") == 0), MISSING_KEY, None))
+    return checks
+
+
+def _first(checks: list[tuple[Column, str, Column | str | None]], code: Column, detail: Column) -> tuple[Column, Column]:
+    for failed, reason, info in reversed(checks):
+        info_col = F.lit(info) if isinstance(info, str) or info is None else info
+        code = F.when(failed, F.lit(reason)).otherwise(code)
+        detail = F.when(failed, info_col.cast("string")).otherwise(detail)
+    return code, detail
+
+
+def parse_all(
+    raw: DataFrame,
+    by_topic: dict[str, EventSchema],
+    known_sources: list[str] | None = None,
+    limits: Limits | None = None,
+    evolution: dict[str, Evolution] | None = None,
+) -> DataFrame:
     """Parse records of several topics in one pass.
 
-    Adds `reason_code` and `reason_detail` (null for valid rows) and one struct column per
-    source, named after it, holding the typed event for valid rows of that source's topic.
-    The per-field checks that name a reason run only for rejected rows.
+    `raw` has `value` (string), `kafka_topic`, and optionally `payload_bytes`, `key` and
+    `value_utf8` (whether the bytes were valid UTF-8). Adds `reason_code` and
+    `reason_detail` (null for valid rows), `drift` (schema drift the evolution policy
+    accepted, else null) and one struct column per source, named after it, holding the
+    typed event for valid rows of that source's topic. The per-field checks that name a
+    reason run only for rejected rows.
     """
+    limits = limits or Limits()
+    evolution = evolution or {}
     known = known_sources or sorted(schema.source for schema in by_topic.values())
+    if "payload_bytes" not in raw.columns:
+        raw = raw.withColumn("payload_bytes", F.length(F.encode(F.col("value"), "UTF-8")))
     topic = F.col("kafka_topic")
-    parsed = raw.withColumn("_v", F.try_parse_json(F.col("value")))
+    pre_code, pre_detail = _first(_pre_checks(raw, limits), F.lit(None).cast("string"), F.lit(None).cast("string"))
+    parsed = (
+        raw.withColumn("_pre_code", pre_code)
+        .withColumn("_pre_detail", pre_detail)
+        .withColumn("_v", F.when(F.col("_pre_code").isNull(), F.try_parse_json(F.col("value"))))
+    )
     for t, schema in by_topic.items():
         ddl = schema.spark_schema.simpleString()
         parsed = parsed.withColumn(f"_t_{schema.source}", F.when(topic == t, F.try_variant_get(F.col("_v"), "$", ddl)))
     ok = F.lit(False)
     code = F.lit(UNKNOWN_TOPIC)  # unreachable while the query subscribes to directive topics only
     detail = F.lit(None).cast("string")
+    drift = F.lit(None).cast("string")
     for t, schema in by_topic.items():
         this = topic == t
-        ok = F.when(this, _valid(schema, F.col(f"_t_{schema.source}"))).otherwise(ok)
-        schema_code, schema_detail = _reason(schema, known)
+        policy = evolution.get(schema.source, Evolution())
+        schema_code, schema_detail = _reason(schema, known, policy)
+        fast = _valid(schema, F.col(f"_t_{schema.source}"))
+        lenient = policy.extra_fields == "accept" or policy.newer_versions == "accept"
+        # A drift the policy accepts fails the exact fast check; the named checks then decide.
+        this_ok = (fast | (F.col("_v").isNotNull() & schema_code.isNull())) if lenient else fast
+        ok = F.when(this, this_ok).otherwise(ok)
         code = F.when(this, F.coalesce(schema_code, F.lit(WRONG_TYPE))).otherwise(code)
         detail = F.when(this, schema_detail).otherwise(detail)
+        if lenient:
+            drift = F.when(this & ~fast, _drift(schema)).otherwise(drift)
     parsed = (
-        parsed.withColumn("_ok", ok)
-        .withColumn("reason_code", F.when(~F.col("_ok"), code))
-        .withColumn("reason_detail", F.when(~F.col("_ok"), detail))
+        parsed.withColumn("_ok", F.col("_pre_code").isNull() & ok)
+        .withColumn("reason_code", F.when(~F.col("_ok"), F.coalesce(F.col("_pre_code"), code)))
+        .withColumn("reason_detail", F.when(~F.col("_ok"), F.when(F.col("_pre_code").isNotNull(), F.col("_pre_detail")).otherwise(detail)))
+        .withColumn("drift", F.when(F.col("_ok"), drift))
     )
     typed = [F.when(F.col("_ok"), F.col(f"_t_{s.source}")).alias(s.source) for s in by_topic.values()]
-    return parsed.select(*raw.columns, "reason_code", "reason_detail", *typed)
+    return parsed.select(*raw.columns, "reason_code", "reason_detail", "drift", *typed)
 
 
-def parse_events(raw: DataFrame, schema: EventSchema, known_sources: list[str] | None = None) -> DataFrame:
-    """Parse one source's records: `reason_code`, `reason_detail` and one column per field.
+def _drift(schema: EventSchema) -> Column:
+    """What an accepted record has that the registered schema lacks, e.g. 'extra_fields=a,b'."""
+    extra = _extra_fields(schema)
+    version = F.try_variant_get(F.col("_v"), "$.schema_version", "bigint")
+    parts = F.array_compact(
+        F.array(
+            F.when(F.size(extra) > 0, F.concat(F.lit("extra_fields="), F.array_join(extra, ","))),
+            F.when(version != F.lit(schema.version), F.concat(F.lit("schema_version="), version.cast("string"))),
+        )
+    )
+    return F.when(F.size(parts) > 0, F.array_join(parts, ";"))
+
+
+def parse_events(
+    raw: DataFrame,
+    schema: EventSchema,
+    known_sources: list[str] | None = None,
+    limits: Limits | None = None,
+    evolution: Evolution | None = None,
+) -> DataFrame:
+    """Parse one source's records: `reason_code`, `reason_detail`, `drift` and one column per field.
 
     `raw` needs a string column `value`; every row is taken to come from the source's topic.
     """
     topic = f"topic.{schema.source}"
     tagged = raw.withColumn("kafka_topic", F.lit(topic))
-    parsed = parse_all(tagged, {topic: schema}, known_sources)
-    return parsed.select(*raw.columns, "reason_code", "reason_detail", f"{schema.source}.*")
+    policies = {schema.source: evolution} if evolution else None
+    parsed = parse_all(tagged, {topic: schema}, known_sources, limits, policies)
+    return parsed.select(*raw.columns, "reason_code", "reason_detail", "drift", f"{schema.source}.*")

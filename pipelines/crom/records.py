@@ -6,6 +6,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines.crom.parse import EXPECTATION_FAILED
+from pipelines.directives import UNTRUSTED, Trust
 from pipelines.privacy import hmac_sha256, mask_payload, normalise_identifier
 from pipelines.schemas import EventSchema
 
@@ -32,11 +34,23 @@ QUARANTINE_SCHEMA = T.StructType(
         T.StructField("source", T.StringType(), True),
         T.StructField("reason_code", T.StringType(), False),
         T.StructField("reason_detail", T.StringType(), True),
+        T.StructField("failed_rules", T.ArrayType(T.StringType()), True),
         T.StructField("event_id", T.StringType(), True),
         T.StructField("payload", T.StringType(), True),
         T.StructField("payload_bytes", T.IntegerType(), True),
         T.StructField("directive_id", T.StringType(), True),
         T.StructField("directive_version", T.IntegerType(), True),
+        *KAFKA_METADATA,
+    ]
+)
+
+LATE_SCHEMA = T.StructType(
+    [
+        T.StructField("source", T.StringType(), False),
+        T.StructField("event_id", T.StringType(), True),
+        T.StructField("event_time", T.TimestampType(), True),
+        T.StructField("watermark", T.TimestampType(), True),
+        T.StructField("event", T.StringType(), True),  # the silver row as JSON, identifiers keyed
         *KAFKA_METADATA,
     ]
 )
@@ -49,9 +63,17 @@ BATCH_AUDIT_SCHEMA = T.StructType(
         T.StructField("silver_rows", T.LongType(), False),
         T.StructField("duplicates", T.LongType(), False),
         T.StructField("quarantined", T.LongType(), False),
+        T.StructField("late", T.LongType(), False),
+        T.StructField("untrusted", T.LongType(), False),
+        T.StructField("max_event_time", T.TimestampType(), True),
+        T.StructField("watermark", T.TimestampType(), True),
         T.StructField("finished_at", T.TimestampType(), False),
     ]
 )
+
+# Per-row columns the batch writer adds before routing (see `stage`).
+QUARANTINE_RULES = "_quarantine_rules"
+WARN_FLAGS = "_warn_flags"
 
 
 def hashed_name(field: str) -> str:
@@ -63,14 +85,22 @@ def silver_schema(schema: EventSchema) -> T.StructType:
         T.StructField(hashed_name(f.name) if f.pii else f.name, T.StringType() if f.pii else f.spark_type, True)
         for f in schema.fields
     ]
-    return T.StructType(fields + KAFKA_METADATA)
+    extra = [
+        T.StructField("trust_level", T.StringType(), True),
+        T.StructField("warn_flags", T.ArrayType(T.StringType()), True),
+    ]
+    return T.StructType(fields + extra + KAFKA_METADATA)
 
 
 def decode(kafka: DataFrame) -> DataFrame:
-    """Kafka source rows -> string key/value plus Kafka metadata."""
+    """Kafka source rows -> string key/value plus Kafka metadata.
+
+    Casting bytes to string replaces invalid UTF-8 silently, so validity is kept aside.
+    """
     return kafka.select(
         F.col("key").cast("string").alias("key"),
         F.col("value").cast("string").alias("value"),
+        F.coalesce(F.is_valid_utf8(F.col("value")), F.lit(True)).alias("value_utf8"),
         F.length(F.col("value")).cast("int").alias("payload_bytes"),
         F.col("topic").alias("kafka_topic"),
         F.col("partition").alias("kafka_partition"),
@@ -100,27 +130,88 @@ def to_bronze(decoded: DataFrame, pii_keys: list[str], batch_id: int) -> DataFra
     )
 
 
-def to_silver(parsed: DataFrame, source: str, schema: EventSchema, key: bytes, batch_id: int) -> DataFrame:
+def derived_column(source: str, name: str, time_column: str) -> Column:
+    """The columns rules may name besides the schema's (see directives.DERIVED_COLUMNS)."""
+    if name == "event_lag_seconds":  # how long the event took to reach Kafka: freshness
+        return (F.unix_micros(F.col("kafka_timestamp")) - F.unix_micros(F.col(f"{source}.{time_column}"))) / F.lit(1e6)
+    return F.col(f"{source}.{name}")
+
+
+def stage(
+    parsed: DataFrame, topics: dict[str, str], rule_columns: dict[str, list[str]], quarantine_rules, warn_flags, time_column: str
+) -> DataFrame:
+    """Add what routing needs: each rule's columns under `<source>__<column>`, the quarantine
+    rules a row fails and its warn flags (rule names, plus any accepted schema drift).
+
+    `quarantine_rules(source)` and `warn_flags(source)` give array<string> Columns over the
+    prefixed columns; `topics` maps topic -> source.
+    """
+    prefixed = [
+        derived_column(source, column, time_column).alias(f"{source}__{column}")
+        for source, columns in rule_columns.items()
+        for column in columns
+    ]
+    staged = parsed.select("*", *prefixed)
+    failed = F.lit(None).cast("array<string>")
+    warned = F.lit(None).cast("array<string>")
+    for topic, source in topics.items():
+        valid = (F.col("kafka_topic") == topic) & F.col(source).isNotNull()
+        drift = F.when(F.col("drift").isNotNull(), F.array(F.concat(F.lit("drift:"), F.col("drift")))).otherwise(F.array())
+        failed = F.when(valid, quarantine_rules(source)).otherwise(failed)
+        warned = F.when(valid, F.concat(warn_flags(source), drift.cast("array<string>"))).otherwise(warned)
+    return staged.withColumn(QUARANTINE_RULES, failed).withColumn(WARN_FLAGS, warned)
+
+
+def routed_valid(source: str) -> Column:
+    """Rows of `source` that parsed and pass every quarantine rule."""
+    return F.col(source).isNotNull() & (F.size(F.col(QUARANTINE_RULES)) == 0)
+
+
+def trust_level(source: str, trust: Trust) -> Column:
+    return F.when(F.col(f"{source}.producer").isin(trust.producers), F.lit(trust.level)).otherwise(F.lit(UNTRUSTED))
+
+
+def to_silver(staged: DataFrame, source: str, schema: EventSchema, trust: Trust, key: bytes, batch_id: int) -> DataFrame:
     """Valid rows of one source -> silver columns; identifiers become keyed HMAC pseudonyms."""
     event = lambda name: F.col(f"{source}.{name}")  # noqa: E731
     columns = [
         hmac_sha256(normalise_identifier(event(f.name)), key).alias(hashed_name(f.name)) if f.pii else event(f.name).alias(f.name)
         for f in schema.fields
     ]
-    return parsed.where(F.col(source).isNotNull()).select(*columns, *_metadata(batch_id))
+    return staged.where(routed_valid(source)).select(
+        *columns,
+        trust_level(source, trust).alias("trust_level"),
+        F.col(WARN_FLAGS).alias("warn_flags"),
+        *_metadata(batch_id),
+    )
+
+
+def to_late(silver_rows: DataFrame, source: str, watermark_column: str, watermark) -> DataFrame:
+    """Silver-shaped rows older than the watermark, kept whole as JSON in the late table."""
+    data = [c for c in silver_rows.columns if c not in {f.name for f in KAFKA_METADATA}]
+    return silver_rows.select(
+        F.lit(source).alias("source"),
+        F.col("event_id"),
+        F.col(watermark_column).cast("timestamp").alias("event_time"),
+        F.lit(watermark).cast("timestamp").alias("watermark"),
+        F.to_json(F.struct(*data)).alias("event"),
+        *[F.col(f.name) for f in KAFKA_METADATA],
+    )
 
 
 def to_quarantine(
-    parsed: DataFrame, topics: dict[str, str], pii_keys: list[str], directive_id: str, directive_version: int, batch_id: int
+    staged: DataFrame, topics: dict[str, str], pii_keys: list[str], directive_id: str, directive_version: int, batch_id: int
 ) -> DataFrame:
-    """Rejected rows with their source, reason and masked payload."""
+    """Rejected rows, and rows failing a quarantine rule, with source, reasons and masked payload."""
     source = F.lit(None).cast("string")
     for topic, name in topics.items():
         source = F.when(F.col("kafka_topic") == topic, F.lit(name)).otherwise(source)
-    return parsed.where(F.col("reason_code").isNotNull()).select(
+    failed = F.coalesce(F.col(QUARANTINE_RULES), F.array().cast("array<string>"))
+    return staged.where(F.col("reason_code").isNotNull() | (F.size(failed) > 0)).select(
         source.alias("source"),
-        F.col("reason_code"),
-        F.col("reason_detail"),
+        F.coalesce(F.col("reason_code"), F.lit(EXPECTATION_FAILED)).alias("reason_code"),
+        F.coalesce(F.col("reason_detail"), F.array_join(failed, ",")).alias("reason_detail"),
+        F.when(F.size(failed) > 0, failed).alias("failed_rules"),
         F.get_json_object(F.col("value"), "$.event_id").alias("event_id"),
         mask_payload(F.col("value"), pii_keys).alias("payload"),
         F.col("payload_bytes"),

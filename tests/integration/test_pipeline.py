@@ -14,7 +14,7 @@ from pipelines.crfm.job import run_functional
 from pipelines.crom.ingest import start_ingest
 from pipelines.crsm.job import run_strategic
 from pipelines.errors import CrmError
-from pipelines.generator import EventStream, produce
+from pipelines.generator import REASON_OF_KIND, SILVER_KINDS, EventStream, produce
 from pipelines.tables import CromTables, functional_table
 from pipelines.topics import ensure_topics
 
@@ -22,12 +22,6 @@ pytestmark = pytest.mark.integration
 
 SEED = 1234
 FIRST, SECOND = 3000, 800
-REASON_OF_KIND = {
-    "malformed_json": "malformed_json",
-    "wrong_type": "wrong_type",
-    "missing_field": "missing_field",
-    "unknown_source": "unknown_source",
-}
 
 
 @pytest.fixture
@@ -49,15 +43,18 @@ def _expected(events):
     """What CROM must do with these events, from what the generator says it injected."""
     silver = defaultdict(set)
     quarantine = defaultdict(int)
+    late = defaultdict(set)
     duplicates = 0
     for e in events:
-        if e.kind in ("valid", "late"):
+        if e.kind in SILVER_KINDS:
             silver[e.source].add(e.event_id)
+        elif e.kind == "late":
+            late[e.source].add(e.event_id)
         elif e.kind == "duplicate":
             duplicates += 1
         else:
             quarantine[REASON_OF_KIND[e.kind]] += 1
-    return silver, quarantine, duplicates
+    return silver, quarantine, duplicates, late
 
 
 def test_broker_to_delta_with_exact_counts(spark, stack, directives):
@@ -68,7 +65,7 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     _ingest(spark, profile, directives)
 
     events = list(stream.events(0, FIRST))
-    silver, quarantine, duplicates = _expected(events)
+    silver, quarantine, duplicates, late = _expected(events)
     tables = CromTables.of(profile, list(topics))
     read = lambda path: spark.read.format("delta").load(path)  # noqa: E731
 
@@ -79,8 +76,18 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
         assert {r.event_id for r in got.select("event_id").collect()} == ids
     by_reason = {r["reason_code"]: r["count"] for r in read(tables.quarantine).groupBy("reason_code").count().collect()}
     assert by_reason == dict(quarantine)
-    audit = read(tables.batch_audit).agg(F.sum("records"), F.sum("duplicates"), F.sum("quarantined")).first()
-    assert tuple(audit) == (FIRST, duplicates, sum(quarantine.values()))
+    audit = read(tables.batch_audit).agg(F.sum("records"), F.sum("duplicates"), F.sum("quarantined"), F.sum("late"), F.sum("untrusted")).first()
+    untrusted = sum(1 for e in events if e.kind == "untrusted_producer")
+    assert tuple(audit) == (FIRST, duplicates, sum(quarantine.values()), sum(map(len, late.values())), untrusted)
+    late_rows = read(tables.late).collect()
+    assert {(r["source"], r["event_id"]) for r in late_rows} == {(s, i) for s, ids in late.items() for i in ids}
+    assert all(r["event_time"] < r["watermark"] for r in late_rows)
+    by_trust = {r["trust_level"]: r["count"] for r in read(tables.silver["web"]).groupBy("trust_level").count().collect()}
+    assert by_trust.get("untrusted", 0) == sum(1 for e in events if e.kind == "untrusted_producer" and e.source == "web")
+    assert by_trust["high"] == len(silver["web"]) - by_trust.get("untrusted", 0)
+    # Rule violations carry the rules they broke.
+    failed = read(tables.quarantine).where(F.col("reason_code") == "expectation_failed").select("failed_rules").collect()
+    assert failed and all(r["failed_rules"] == ["transaction_currency_known"] for r in failed)
 
     # Personal data: identifiers are pseudonymised, payloads masked.
     tx = read(tables.silver["transaction"])
@@ -92,8 +99,13 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
 
     # Great Expectations ran on every source of the batch and recorded counts, not values.
     results = read(tables.validation_results)
-    assert {r["source"] for r in results.select("source").distinct().collect()} == set(topics)
+    sources = directives.only("operational").directive.sources
+    rules = {(name, rule.name) for name, src in sources.items() for rule in src.expectations}
+    assert {(r["source"], r["rule"]) for r in results.select("source", "rule").distinct().collect()} == rules
     assert "unexpected_list" not in results.columns
+    currency = results.where(F.col("rule") == "transaction_currency_known").agg(F.sum("unexpected_count"), F.sum("evaluated_count")).first()
+    transactions = sum(1 for e in events if e.source == "transaction" and e.kind in (*SILVER_KINDS, "rule_violation", "late", "duplicate"))
+    assert tuple(currency) == (quarantine["expectation_failed"], transactions)
 
     # Nothing new: a rerun adds nothing anywhere.
     _ingest(spark, profile, directives)
@@ -103,7 +115,7 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     produce(profile.kafka.bootstrap_servers, stream, FIRST, SECOND, progress=lambda _: None)
     _ingest(spark, profile, directives)
     more = list(stream.events(FIRST, SECOND))
-    silver2, quarantine2, _ = _expected(events + more)
+    silver2, quarantine2, _, _ = _expected(events + more)
     assert read(tables.bronze).count() == FIRST + SECOND
     for source, ids in silver2.items():
         assert read(tables.silver[source]).count() == len(ids), source
@@ -115,8 +127,9 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     assert not run.skipped
     assert run_functional(spark, profile, directives, functional).skipped  # no new silver data
     params = {r["customer_id"]: r for r in read(functional_table(profile, functional.directive.id)).collect()}
-    orders = [json.loads(e.value) for e in events + more if e.kind in ("valid", "late") and e.source == "transaction"]
-    all_valid = [json.loads(e.value) for e in events + more if e.kind in ("valid", "late")]
+    # Untrusted producers and late events are kept in CROM but not counted by this directive.
+    orders = [json.loads(e.value) for e in events + more if e.kind == "valid" and e.source == "transaction"]
+    all_valid = [json.loads(e.value) for e in events + more if e.kind == "valid"]
     as_of = max(datetime.fromisoformat(r["event_time"]) for r in all_valid)
     in_window = [o for o in orders if datetime.fromisoformat(o["event_time"]) > as_of - timedelta(days=90)]
     freq = defaultdict(int)

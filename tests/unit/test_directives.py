@@ -83,7 +83,45 @@ def test_parameter_on_unknown_source_is_refused(tree: Path):
 def test_expectation_on_unknown_column_is_refused(tree: Path):
     path = tree / "operational" / "ingest_events.yaml"
     _edit(path, lambda d: d["sources"]["web"]["expectations"][0]["kwargs"].update(column="sesion_id"))
-    with pytest.raises(CrmError, match=r"sources.web.expectations\[0\] \(web_session_present\): kwargs.column: 'sesion_id'"):
+    with pytest.raises(CrmError, match=r"sources.web.expectations\[0\] \(web_session_present\): kwargs: column 'sesion_id' is not a field"):
+        _load(tree)
+
+
+def test_unknown_action_names_file_and_rule(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["web"]["expectations"][1].update(action="shrug"))
+    with pytest.raises(CrmError) as err:
+        _load(tree)
+    assert str(path) in str(err.value)
+    assert "sources.web.expectations.1.action (web_event_type_known): Input should be 'warn', 'quarantine' or 'fail'" in str(err.value)
+
+
+def test_defaults_are_merged_into_each_rule_and_rules_win(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+
+    def change(d):
+        d["defaults"] = {"action": "warn", "protects": ["web_sessions_30d"]}
+        rules = d["sources"]["web"]["expectations"]
+        del rules[0]["protects"]  # its action comes from the shipped defaults
+        rules[1]["action"] = "fail"
+
+    _edit(path, change)
+    web = _load(tree).only("operational").directive.sources["web"].expectations
+    assert (web[0].action, web[0].protects) == ("warn", ["web_sessions_30d"])
+    assert web[1].action == "fail"
+
+
+def test_rule_without_action_or_defaults_is_refused(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d.pop("defaults"))
+    with pytest.raises(CrmError, match=r"sources.web.expectations.0.action \(web_session_present\): missing required key"):
+        _load(tree)
+
+
+def test_source_without_known_producers_is_refused(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["log"]["trust"].update(producers=[]))
+    with pytest.raises(CrmError, match=r"sources.log.trust.producers: List should have at least 1 item"):
         _load(tree)
 
 

@@ -46,12 +46,17 @@ CASES = [
     ("integer amount is a number", _with(amount=10), None, None),
     ("empty items", _with(items=[]), None, None),
     ("truncated json", json.dumps(GOOD)[:40], P.MALFORMED_JSON, None),
-    ("empty value", "", P.MALFORMED_JSON, None),
-    ("null value", None, P.MALFORMED_JSON, None),
+    ("empty value", "", P.EMPTY_VALUE, None),
+    ("null value", None, P.EMPTY_VALUE, None),
+    ("NUL byte", json.dumps(GOOD).replace('"O1"', '"O\x001"'), P.INVALID_ENCODING, "NUL byte"),
+    ("nested 10,000 levels deep", "[" * 10_000 + "]" * 10_000, P.NESTING_TOO_DEEP, "more than 1000 levels"),
+    ("object nested 10,000 levels deep", '{"a":' * 10_000 + "1" + "}" * 10_000, P.NESTING_TOO_DEEP, "more than 1000 levels"),
+    ("over the size limit", _with(order_id="O" * 300_000), P.OVERSIZED, None),
     ("array, not object", "[1, 2]", P.NOT_AN_OBJECT, None),
     ("unknown source", _with(source="fax"), P.UNKNOWN_SOURCE, None),
     ("other source's record", _with(source="web"), P.SOURCE_TOPIC_MISMATCH, "source=web"),
-    ("unknown schema version", _with(schema_version=2), P.UNKNOWN_SCHEMA_VERSION, None),
+    ("unknown schema version", _with(schema_version=2), P.UNKNOWN_SCHEMA_VERSION, "schema_version=2"),
+    ("schema version as a string", _with(schema_version="1"), P.UNKNOWN_SCHEMA_VERSION, 'schema_version="1"'),
     ("string amount", _with(amount="12.50"), P.WRONG_TYPE, "amount"),
     ("number for a string", _with(customer_id=123), P.WRONG_TYPE, "customer_id"),
     ("null for a non-null field", _with(customer_id=None), P.WRONG_TYPE, "customer_id"),
@@ -80,7 +85,10 @@ def parsed(spark, base_profile):
 def test_reason_codes(parsed, case, value, code, detail):
     row = parsed[case]
     assert row["reason_code"] == code
-    assert row["reason_detail"] == detail
+    if code != P.OVERSIZED:
+        assert row["reason_detail"] == detail
+    else:
+        assert row["reason_detail"].endswith(" bytes") and int(row["reason_detail"].split()[0]) > 262_144
     if code is None:
         assert row["event_id"] == GOOD["event_id"] and row["event_time"] == datetime(2026, 6, 1, 10, 0)
     else:
@@ -104,7 +112,8 @@ def test_every_generated_record_has_exactly_one_outcome(spark, base_profile):
     rows = parsed.select("kind", "reason_code", typed_count.alias("typed")).collect()
     expected = {"malformed_json": P.MALFORMED_JSON, "unknown_source": P.UNKNOWN_SOURCE}
     for r in rows:
-        if r["kind"] in ("valid", "late", "duplicate"):
+        # Rule violations are well-typed: the directive's expectations catch them later.
+        if r["kind"] in ("valid", "late", "duplicate", "untrusted_producer", "rule_violation"):
             assert r["reason_code"] is None and r["typed"] == 1, r
         else:
             assert r["reason_code"] is not None and r["typed"] == 0, r
@@ -114,3 +123,43 @@ def test_every_generated_record_has_exactly_one_outcome(spark, base_profile):
                 assert r["reason_code"] == P.MISSING_FIELD
             else:
                 assert r["reason_code"] == P.WRONG_TYPE
+
+
+def test_invalid_utf8_and_missing_key_are_caught_before_parsing(spark, base_profile):
+    """Casting bytes to string would replace bad UTF-8 silently; decode keeps the verdict."""
+    from pipelines.crom.records import decode
+
+    good = json.dumps(GOOD).encode()
+    bad_utf8 = json.dumps(GOOD).replace("O1", "O1-\udcff").encode("utf-8", "surrogateescape")
+    rows = [(b"C1", good), (b"C1", bad_utf8), (None, good), (b"", good)]
+    kafka = spark.createDataFrame(
+        [(k, v, "topic.transaction", 0, n, datetime(2026, 6, 1)) for n, (k, v) in enumerate(rows)],
+        "key binary, value binary, topic string, partition int, offset long, timestamp timestamp",
+    )
+    schema = load_schema(base_profile.schemas, "transaction.v1")
+    out = P.parse_all(decode(kafka), {"topic.transaction": schema}, SOURCES).orderBy("kafka_offset").collect()
+    assert [r["reason_code"] for r in out] == [None, P.INVALID_ENCODING, P.MISSING_KEY, P.MISSING_KEY]
+    assert out[1]["reason_detail"] == "invalid UTF-8"
+
+
+@pytest.mark.parametrize(
+    "policy,value,code,drift",
+    [
+        ({"extra_fields": "accept"}, _with(coupon="X", agent="bot"), None, "extra_fields=agent,coupon"),
+        ({"extra_fields": "accept"}, _with(coupon="X", amount="12"), P.WRONG_TYPE, None),
+        ({"newer_versions": "accept"}, _with(schema_version=3), None, "schema_version=3"),
+        ({"newer_versions": "accept"}, _with(schema_version=3, coupon="X"), P.EXTRA_FIELD, None),
+        ({"newer_versions": "accept"}, _with(schema_version=0), P.UNKNOWN_SCHEMA_VERSION, None),
+        ({}, _with(coupon="X"), P.EXTRA_FIELD, None),
+    ],
+)
+def test_evolution_policy_accepts_drift_with_a_flag_never_a_silent_null(spark, base_profile, policy, value, code, drift):
+    from pipelines.directives import Evolution
+
+    schema = load_schema(base_profile.schemas, "transaction.v1")
+    df = spark.createDataFrame([(value,)], "value string")
+    row = P.parse_events(df, schema, SOURCES, evolution=Evolution(**policy)).first()
+    assert row["reason_code"] == code
+    assert row["drift"] == drift
+    if code is None:
+        assert row["amount"] == 12.5 and row["event_id"] == GOOD["event_id"]
