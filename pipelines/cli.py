@@ -100,19 +100,11 @@ def cmd_produce(args, profile: Profile) -> int:
 
 
 def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
-    from pipelines.crom.ingest import start_ingest
+    from pipelines.crom.ingest import run_ingest
 
-    operational = directives.only("operational")
-    query = start_ingest(spark, profile, operational, directives.schemas, until_caught_up=until_caught_up)
     mode = "until caught up" if until_caught_up else "streaming (Ctrl-C stops)"
     log.info("CROM ingest running %s; checkpoint %s", mode, profile.checkpoint_path("crom_ingest"))
-    try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        log.info("stopping the query")
-        query.stop()
-    if query.exception() is not None:
-        raise CrmError(f"ingest query failed: {str(query.exception()).strip().splitlines()[0]}")
+    run_ingest(spark, profile, directives.only("operational"), directives.schemas, until_caught_up)
 
 
 def cmd_ingest(args, profile: Profile) -> int:
@@ -154,6 +146,16 @@ def _strategic(spark, profile: Profile, directives) -> list:
 def cmd_strategic(args, profile: Profile) -> int:
     directives = _check_all(profile)
     _strategic(_spark(profile, "crsm-strategic"), profile, directives)
+    return 0
+
+
+def cmd_docs(args, profile: Profile) -> int:
+    from pipelines.crom.docs import build_data_docs
+
+    operational = _check_all(profile).only("operational")
+    out_dir = Path(args.out) if args.out else None
+    index = build_data_docs(_spark(profile, "crom-docs"), profile, operational, out_dir=out_dir, last_batches=args.batches)
+    print(f"Data Docs: {index}")
     return 0
 
 
@@ -222,8 +224,10 @@ def _print_summary(spark, profile: Profile, directives, manifest) -> None:
         print(f"  silver_{source:<12}{read(path).count():>9,}")
     reasons = read(tables.quarantine).groupBy("reason_code").count().orderBy("reason_code").collect()
     print(f"  quarantine   {sum(r['count'] for r in reasons):>9,}  " + ", ".join(f"{r['reason_code']} {r['count']:,}" for r in reasons))
-    dups = read(tables.batch_audit).agg(F.sum("duplicates")).first()[0] or 0
-    print(f"  duplicates   {dups:>9,}  (dropped, counted in batch_audit)")
+    print(f"  late         {read(tables.late).count():>9,}  (older than the watermark, kept in late_events)")
+    audit = read(tables.batch_audit).agg(F.sum("duplicates"), F.sum("untrusted")).first()
+    print(f"  duplicates   {audit[0] or 0:>9,}  (dropped, counted in batch_audit)")
+    print(f"  untrusted    {audit[1] or 0:>9,}  (in silver with trust_level 'untrusted')")
     failed = read(tables.validation_results).where(~F.col("success")).select("rule").distinct().collect()
     print(f"  expectations failing in some batch: {', '.join(r['rule'] for r in failed) or 'none'}")
     print()
@@ -270,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["check", "plan"])
     p.set_defaults(func=cmd_directives)
 
+    p = sub.add_parser("docs", parents=[common], help="build Great Expectations Data Docs from the CROM validation results")
+    p.add_argument("--out", help="site folder (default: <lakehouse>/_data_docs/gx/uncommitted/data_docs/local_site)")
+    p.add_argument("--batches", type=int, default=50, help="how many of the newest batches to show (default 50)")
+    p.set_defaults(func=cmd_docs)
     p = sub.add_parser("demo", parents=[common], help="broker, events, CROM, CRFM, CRSM and a summary, end to end")
     p.add_argument("--events", type=int, default=100_000, help="events to produce (default 100000)")
     p.add_argument("--seed", type=int, default=42)
@@ -285,6 +293,8 @@ def _validate_args(args) -> None:
         raise CrmError("--bad-fraction must be between 0 and 1")
     if getattr(args, "rate", None) is not None and args.rate <= 0:
         raise CrmError("--rate must be positive")
+    if getattr(args, "batches", 1) < 1:
+        raise CrmError("--batches must be at least 1")
     start = getattr(args, "start", "0")
     if start != "auto" and not str(start).isdigit():
         raise CrmError("--start must be a non-negative integer or 'auto'")

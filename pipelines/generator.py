@@ -310,8 +310,8 @@ class Manifest:
         return sum(n for (s, k), n in self.by_source_kind.items() if k in kinds and (source is None or s == source))
 
 
-def _produce_slice(bootstrap: str, stream: EventStream, start: int, count: int, rate: float | None, sent) -> Counter:
-    """One worker: send events [start, start+count), adding to the shared `sent` counter."""
+def _produce_slice(bootstrap: str, stream: EventStream, indices: range, rate: float | None, sent) -> Counter:
+    """One worker: send the events of `indices`, adding to the shared `sent` counter."""
     import logging
 
     from kafka import KafkaProducer
@@ -328,7 +328,7 @@ def _produce_slice(bootstrap: str, stream: EventStream, start: int, count: int, 
     manifest = Manifest()
     started = time.monotonic()
     try:
-        for n, event in enumerate(stream.events(start, count), 1):
+        for n, event in enumerate(map(stream.event, indices), 1):
             producer.send(event.topic, key=event.key, value=event.value)
             manifest.add(event)
             if n % 1000 == 0:
@@ -342,7 +342,7 @@ def _produce_slice(bootstrap: str, stream: EventStream, start: int, count: int, 
     finally:
         producer.close()
     with sent.get_lock():
-        sent.value += count % 1000
+        sent.value += len(indices) % 1000
     return manifest.by_source_kind
 
 
@@ -358,7 +358,9 @@ def produce(
     """Send events [start, start+count) with kafka-python from parallel worker processes.
 
     kafka-python spends most of its time under the GIL, so each worker is a process with its
-    own producer and a contiguous slice of the stream. Returns the merged manifest.
+    own producer. Worker k of n sends events start+k, start+k+n, ..., so that event time
+    advances evenly in every partition, as it would from live producers. Returns the
+    merged manifest.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -367,14 +369,13 @@ def produce(
     workers = max(1, min(workers or multiprocessing.cpu_count(), count // 5000 or 1))
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold a JVM gateway
     sent = ctx.Value("q", 0)
-    bounds = [start + count * k // workers for k in range(workers + 1)]
     started = time.monotonic()
     manifest = Manifest()
     # A worker that dies raises BrokenProcessPool here instead of hanging the caller.
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_share_counter, initargs=(sent,)) as pool:
         pending = {
-            pool.submit(_produce_slice_shared, bootstrap, stream, lo, hi - lo, rate / workers if rate else None)
-            for lo, hi in zip(bounds, bounds[1:], strict=False)
+            pool.submit(_produce_slice_shared, bootstrap, stream, range(start + k, start + count, workers), rate / workers if rate else None)
+            for k in range(workers)
         }
         while pending:
             done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
@@ -396,5 +397,5 @@ def _share_counter(counter) -> None:
     _sent = counter
 
 
-def _produce_slice_shared(bootstrap: str, stream: EventStream, start: int, count: int, rate: float | None) -> Counter:
-    return _produce_slice(bootstrap, stream, start, count, rate, _sent)
+def _produce_slice_shared(bootstrap: str, stream: EventStream, indices: range, rate: float | None) -> Counter:
+    return _produce_slice(bootstrap, stream, indices, rate, _sent)

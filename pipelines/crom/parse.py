@@ -34,7 +34,11 @@ EXPECTATION_FAILED = "expectation_failed"  # set later, by the directive's quara
 
 MAX_DEPTH = 1000  # JSON parsers refuse deeper nesting; deeper values get their own reason
 
-_INTEGER = r"^(BIGINT|INT|SMALLINT|TINYINT|DECIMAL\(\d+,0\))$"
+# Integers are 64-bit: a variant holds larger ones as DECIMAL(19+,0), which do not match.
+_INTEGER = r"^(BIGINT|INT|SMALLINT|TINYINT)$"
+# Spark casts "10:00:00" or "2026-06-01" to a timestamp (the first with today's date), so
+# date-time strings must match RFC 3339 before they are cast.
+RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
 _NUMBER = r"^(BIGINT|INT|SMALLINT|TINYINT|DECIMAL\(\d+,\d+\)|DOUBLE|FLOAT)$"
 
 
@@ -51,7 +55,8 @@ def _type_ok(value: Column, prop: dict) -> Column:
     if kind == "string":
         ok = vtype == F.lit("STRING")
         if prop.get("format") == "date-time":
-            ok = ok & F.try_variant_get(value, "$", "timestamp").isNotNull()
+            text = F.try_variant_get(value, "$", "string")
+            ok = ok & text.rlike(RFC3339) & F.try_variant_get(value, "$", "timestamp").isNotNull()
         return ok
     if kind == "integer":
         return vtype.rlike(_INTEGER)
@@ -200,8 +205,14 @@ def _non_null_ok(value: Column, prop: dict) -> Column:
 def _valid(schema: EventSchema, typed: Column) -> Column:
     """The fast check: one regex over the variant's type, then null checks after extraction."""
     document = schema.document
+    times = F.lit(True)
+    for name, prop in document["properties"].items():
+        if prop.get("format") == "date-time":
+            text = F.try_variant_get(F.col("_v"), f"$.{name}", "string")
+            times = times & (text.rlike(RFC3339) if not _json_kinds(prop)[1] else F.coalesce(text.rlike(RFC3339), F.lit(True)))
     return F.coalesce(
-        F.col("_v").isNotNull()
+        times
+        & F.col("_v").isNotNull()
         & F.schema_of_variant(F.col("_v")).rlike(f"^{_variant_type_regex(document)}$")
         & (typed["source"] == F.lit(schema.source))
         & (typed["schema_version"] == F.lit(schema.version))
@@ -210,17 +221,31 @@ def _valid(schema: EventSchema, typed: Column) -> Column:
     )
 
 
-def _pre_checks(raw: DataFrame, limits: Limits) -> list[tuple[Column, str, Column | str | None]]:
+def _single_json_value(value: Column) -> Column:
+    """The JSON value of the text, or null; null also when text follows the first value.
+
+    try_parse_json stops after the first value, so '{..}\\n{..}' would silently keep one
+    record. Parsing the text as the only element of an array catches that in one pass.
+    """
+    wrapped = F.try_parse_json(F.concat(F.lit("["), value, F.lit("]")))
+    single = F.try_variant_get(wrapped, "$[1]", "variant").isNull()
+    # '{..}]junk' still parses as '[{..}]'; inside an object wrapper a ']' cannot close it.
+    # Only text holding a ']' needs that second parse.
+    closed = ~value.contains("]") | F.try_parse_json(F.concat(F.lit('{"v":'), value, F.lit("}"))).isNotNull()
+    return F.when(single & closed, F.try_variant_get(wrapped, "$[0]", "variant"))
+
+
+def _pre_checks(columns: tuple[str, ...], limits: Limits) -> list[tuple[Column, str, Column | str | None]]:
     """Checks on the raw bytes, before any parsing; the first that fails wins."""
     value = F.col("value")
     checks: list[tuple[Column, str, Column | str | None]] = [
         (value.isNull() | (F.length(value) == 0), EMPTY_VALUE, None),
         (F.col("payload_bytes") > limits.max_record_bytes, OVERSIZED, F.concat(F.col("payload_bytes").cast("string"), F.lit(" bytes"))),
     ]
-    if "value_utf8" in raw.columns:
+    if "value_utf8" in columns:
         checks.append((~F.col("value_utf8"), INVALID_ENCODING, "invalid UTF-8"))
     checks.append((F.instr(value, "\u0000") > 0, INVALID_ENCODING, "NUL byte"))
-    if limits.require_key and "key" in raw.columns:
+    if limits.require_key and "key" in columns:
         checks.append((F.col("key").isNull() | (F.length("key") == 0), MISSING_KEY, None))
     return checks
 
@@ -233,6 +258,73 @@ def _first(checks: list[tuple[Column, str, Column | str | None]], code: Column, 
     return code, detail
 
 
+class Parser:
+    """The parse of several topics as Column expressions, built once, applied to each batch.
+
+    Building the expressions takes some 20k calls into the JVM (seconds), and Columns are
+    unresolved until applied, so a streaming job builds them once. `columns` are the raw
+    frame's columns: `value` (string), `kafka_topic`, and optionally `payload_bytes`, `key`
+    and `value_utf8` (whether the bytes were valid UTF-8).
+    """
+
+    def __init__(
+        self,
+        by_topic: dict[str, EventSchema],
+        known_sources: list[str] | None = None,
+        limits: Limits | None = None,
+        evolution: dict[str, Evolution] | None = None,
+        columns: tuple[str, ...] = ("value", "kafka_topic"),
+    ):
+        limits = limits or Limits()
+        evolution = evolution or {}
+        known = known_sources or sorted(schema.source for schema in by_topic.values())
+        topic = F.col("kafka_topic")
+        pre_code, pre_detail = _first(_pre_checks(columns, limits), F.lit(None).cast("string"), F.lit(None).cast("string"))
+        ok = F.lit(False)
+        code = F.lit(UNKNOWN_TOPIC)  # unreachable while the query subscribes to directive topics only
+        detail = F.lit(None).cast("string")
+        drift = F.lit(None).cast("string")
+        for t, schema in by_topic.items():
+            this = topic == t
+            policy = evolution.get(schema.source, Evolution())
+            schema_code, schema_detail = _reason(schema, known, policy)
+            fast = _valid(schema, F.col(f"_t_{schema.source}"))
+            lenient = policy.extra_fields == "accept" or policy.newer_versions == "accept"
+            # A drift the policy accepts fails the exact fast check; the named checks then decide.
+            this_ok = (fast | (F.col("_v").isNotNull() & schema_code.isNull())) if lenient else fast
+            ok = F.when(this, this_ok).otherwise(ok)
+            code = F.when(this, F.coalesce(schema_code, F.lit(WRONG_TYPE))).otherwise(code)
+            detail = F.when(this, schema_detail).otherwise(detail)
+            if lenient:
+                drift = F.when(this & ~fast, _drift(schema)).otherwise(drift)
+        # One withColumns per dependency level: each call analyses the whole plan again.
+        self.steps = [
+            {"_pre_code": pre_code, "_pre_detail": pre_detail},
+            {"_v": F.when(F.col("_pre_code").isNull(), _single_json_value(F.col("value")))},
+            {
+                f"_t_{schema.source}": F.when(topic == t, F.try_variant_get(F.col("_v"), "$", schema.spark_schema.simpleString()))
+                for t, schema in by_topic.items()
+            },
+            {"_ok": F.col("_pre_code").isNull() & ok},
+            {
+                "reason_code": F.when(~F.col("_ok"), F.coalesce(F.col("_pre_code"), code)),
+                "reason_detail": F.when(~F.col("_ok"), F.when(F.col("_pre_code").isNotNull(), F.col("_pre_detail")).otherwise(detail)),
+                "drift": F.when(F.col("_ok"), drift),
+            },
+        ]
+        self.typed = [F.when(F.col("_ok"), F.col(f"_t_{s.source}")).alias(s.source) for s in by_topic.values()]
+
+    def __call__(self, raw: DataFrame) -> DataFrame:
+        """Adds `reason_code` and `reason_detail` (null for valid rows), `drift` (schema drift
+        the evolution policy accepted, else null) and one struct column per source, named
+        after it, holding the typed event for valid rows of that source's topic."""
+        parsed = raw if "payload_bytes" in raw.columns else raw.withColumn("payload_bytes", F.length(F.encode(F.col("value"), "UTF-8")))
+        columns = parsed.columns
+        for step in self.steps:
+            parsed = parsed.withColumns(step)
+        return parsed.select(*columns, "reason_code", "reason_detail", "drift", *self.typed)
+
+
 def parse_all(
     raw: DataFrame,
     by_topic: dict[str, EventSchema],
@@ -240,55 +332,9 @@ def parse_all(
     limits: Limits | None = None,
     evolution: dict[str, Evolution] | None = None,
 ) -> DataFrame:
-    """Parse records of several topics in one pass.
-
-    `raw` has `value` (string), `kafka_topic`, and optionally `payload_bytes`, `key` and
-    `value_utf8` (whether the bytes were valid UTF-8). Adds `reason_code` and
-    `reason_detail` (null for valid rows), `drift` (schema drift the evolution policy
-    accepted, else null) and one struct column per source, named after it, holding the
-    typed event for valid rows of that source's topic. The per-field checks that name a
-    reason run only for rejected rows.
-    """
-    limits = limits or Limits()
-    evolution = evolution or {}
-    known = known_sources or sorted(schema.source for schema in by_topic.values())
-    if "payload_bytes" not in raw.columns:
-        raw = raw.withColumn("payload_bytes", F.length(F.encode(F.col("value"), "UTF-8")))
-    topic = F.col("kafka_topic")
-    pre_code, pre_detail = _first(_pre_checks(raw, limits), F.lit(None).cast("string"), F.lit(None).cast("string"))
-    parsed = (
-        raw.withColumn("_pre_code", pre_code)
-        .withColumn("_pre_detail", pre_detail)
-        .withColumn("_v", F.when(F.col("_pre_code").isNull(), F.try_parse_json(F.col("value"))))
-    )
-    for t, schema in by_topic.items():
-        ddl = schema.spark_schema.simpleString()
-        parsed = parsed.withColumn(f"_t_{schema.source}", F.when(topic == t, F.try_variant_get(F.col("_v"), "$", ddl)))
-    ok = F.lit(False)
-    code = F.lit(UNKNOWN_TOPIC)  # unreachable while the query subscribes to directive topics only
-    detail = F.lit(None).cast("string")
-    drift = F.lit(None).cast("string")
-    for t, schema in by_topic.items():
-        this = topic == t
-        policy = evolution.get(schema.source, Evolution())
-        schema_code, schema_detail = _reason(schema, known, policy)
-        fast = _valid(schema, F.col(f"_t_{schema.source}"))
-        lenient = policy.extra_fields == "accept" or policy.newer_versions == "accept"
-        # A drift the policy accepts fails the exact fast check; the named checks then decide.
-        this_ok = (fast | (F.col("_v").isNotNull() & schema_code.isNull())) if lenient else fast
-        ok = F.when(this, this_ok).otherwise(ok)
-        code = F.when(this, F.coalesce(schema_code, F.lit(WRONG_TYPE))).otherwise(code)
-        detail = F.when(this, schema_detail).otherwise(detail)
-        if lenient:
-            drift = F.when(this & ~fast, _drift(schema)).otherwise(drift)
-    parsed = (
-        parsed.withColumn("_ok", F.col("_pre_code").isNull() & ok)
-        .withColumn("reason_code", F.when(~F.col("_ok"), F.coalesce(F.col("_pre_code"), code)))
-        .withColumn("reason_detail", F.when(~F.col("_ok"), F.when(F.col("_pre_code").isNotNull(), F.col("_pre_detail")).otherwise(detail)))
-        .withColumn("drift", F.when(F.col("_ok"), drift))
-    )
-    typed = [F.when(F.col("_ok"), F.col(f"_t_{s.source}")).alias(s.source) for s in by_topic.values()]
-    return parsed.select(*raw.columns, "reason_code", "reason_detail", "drift", *typed)
+    """Parse records of several topics in one pass (see Parser); the per-field checks that
+    name a reason run only for rejected rows."""
+    return Parser(by_topic, known_sources, limits, evolution, tuple(raw.columns))(raw)
 
 
 def _drift(schema: EventSchema) -> Column:

@@ -137,11 +137,12 @@ def derived_column(source: str, name: str, time_column: str) -> Column:
     return F.col(f"{source}.{name}")
 
 
-def stage(
-    parsed: DataFrame, topics: dict[str, str], rule_columns: dict[str, list[str]], quarantine_rules, warn_flags, time_column: str
-) -> DataFrame:
-    """Add what routing needs: each rule's columns under `<source>__<column>`, the quarantine
-    rules a row fails and its warn flags (rule names, plus any accepted schema drift).
+def stage_columns(
+    topics: dict[str, str], rule_columns: dict[str, list[str]], quarantine_rules, warn_flags, time_column: str
+) -> tuple[list[Column], dict[str, Column]]:
+    """What routing needs, as Columns built once per job (see `stage`): each rule's columns
+    under `<source>__<column>`, then the quarantine rules a row fails and its warn flags
+    (rule names, plus any accepted schema drift).
 
     `quarantine_rules(source)` and `warn_flags(source)` give array<string> Columns over the
     prefixed columns; `topics` maps topic -> source.
@@ -151,7 +152,6 @@ def stage(
         for source, columns in rule_columns.items()
         for column in columns
     ]
-    staged = parsed.select("*", *prefixed)
     failed = F.lit(None).cast("array<string>")
     warned = F.lit(None).cast("array<string>")
     for topic, source in topics.items():
@@ -159,7 +159,12 @@ def stage(
         drift = F.when(F.col("drift").isNotNull(), F.array(F.concat(F.lit("drift:"), F.col("drift")))).otherwise(F.array())
         failed = F.when(valid, quarantine_rules(source)).otherwise(failed)
         warned = F.when(valid, F.concat(warn_flags(source), drift.cast("array<string>"))).otherwise(warned)
-    return staged.withColumn(QUARANTINE_RULES, failed).withColumn(WARN_FLAGS, warned)
+    return prefixed, {QUARANTINE_RULES: failed, WARN_FLAGS: warned}
+
+
+def stage(parsed: DataFrame, columns: tuple[list[Column], dict[str, Column]]) -> DataFrame:
+    prefixed, flags = columns
+    return parsed.select("*", *prefixed).withColumns(flags)
 
 
 def routed_valid(source: str) -> Column:

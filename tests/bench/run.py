@@ -1,8 +1,16 @@
 """`make bench`: throughput of the generator, a plain Kafka->Delta passthrough and CROM.
 
-Everything runs in one process on this machine, on one preloaded set of topics, with the
-project's own broker on a free 127.0.0.1 port. Results merge into bench-results.json (keys
-from other benchmarks are kept) and a Markdown table beside it.
+Everything runs on this machine, on one preloaded set of topics (1M events by default),
+with the project's own broker on a free 127.0.0.1 port and about 50k-record batches:
+
+- passthrough: Kafka records appended to Delta as they are (the baseline);
+- parse only: the CROM job with every expectation removed from the directive;
+- validated: the CROM job with the shipped directive's Great Expectations rules;
+- restart: `crm ingest` killed with SIGKILL, restarted, timed to its first committed batch.
+
+Batch times are paired by batch id (the same offsets in both CROM runs), so
+`validation_added_ms_p50` is the median of what validation added to each batch. Results
+merge into bench-results.json (keys from other benchmarks are kept) and a Markdown table.
 
     python -m tests.bench.run [--events N]
 """
@@ -11,10 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import socket
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from pipelines import broker
@@ -42,6 +56,55 @@ def _timed_query(query) -> float:
     return time.monotonic() - started
 
 
+def _batch_ms(query) -> dict[int, int]:
+    """Per batch id, the time spent in the sink (foreachBatch), from the query's progress."""
+    return {p["batchId"]: p["durationMs"]["addBatch"] for p in query.recentProgress if p["numInputRows"]}
+
+
+def _without_expectations(operational):
+    """The operational directive with every rule removed: CROM's parse-only baseline."""
+    directive = operational.directive
+    sources = {n: s.model_copy(update={"expectations": []}) for n, s in directive.sources.items()}
+    return replace(operational, directive=directive.model_copy(update={"sources": sources}))
+
+
+def _restart_to_first_batch(profile, work: Path) -> float:
+    """Kill a running `crm ingest` with SIGKILL, restart it, time its first committed batch."""
+    env = {
+        **os.environ,
+        "CRM_LAKEHOUSE": str(work / "restart-lakehouse"),
+        "CRM_CHECKPOINTS": str(work / "restart-checkpoints"),
+        "CRM_KAFKA_BOOTSTRAP": profile.kafka.bootstrap_servers,
+    }
+    commits = work / "restart-checkpoints" / "crom_ingest" / "commits"
+    done = lambda: sum(1 for f in commits.iterdir() if f.name.isdigit()) if commits.is_dir() else 0  # noqa: E731
+    crm = str(Path(sys.executable).parent / "crm")
+
+    def start():
+        return subprocess.Popen([crm, "ingest"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_commit(after: int, proc) -> None:
+        deadline = time.monotonic() + 600
+        while done() <= after:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("restart benchmark: ingest stopped or stalled before committing a batch")
+            time.sleep(0.1)
+
+    proc = start()
+    wait_commit(0, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = done()
+    started = time.monotonic()
+    proc = start()
+    try:
+        wait_commit(before, proc)
+        return time.monotonic() - started
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def passthrough(spark, profile, topics: list[str], table: str, checkpoint: str):
     """The baseline: Kafka records appended to Delta as they are, no parsing or checks."""
     return (
@@ -61,7 +124,7 @@ def passthrough(spark, profile, topics: list[str], table: str, checkpoint: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=500_000, help="events preloaded (default 500000)")
+    parser.add_argument("--events", type=int, default=1_000_000, help="events preloaded (default 1000000)")
     parser.add_argument("--bad-fraction", type=float, default=0.02)
     args = parser.parse_args()
 
@@ -94,16 +157,28 @@ def main() -> None:
             passthrough(spark, profile, [s.topic for s in sources.values()], str(work / "passthrough"), str(work / "cp-passthrough"))
         )
         results["passthrough_eps"] = args.events / elapsed
-        print("crom: parse, quarantine, dedup, Great Expectations, Delta", flush=True)
-        elapsed = _timed_query(start_ingest(spark, profile, operational, directives.schemas, until_caught_up=True))
-        results["crom_eps"] = args.events / elapsed
-        results["crom_vs_passthrough"] = results["crom_eps"] / results["passthrough_eps"]
+        runs = {}
+        for name, directive in (("parse_only", _without_expectations(operational)), ("validated", operational)):
+            print(f"crom {name.replace('_', ' ')}: parse, route, dedup, Delta" + (", Great Expectations" if name == "validated" else ""), flush=True)
+            run = profile.model_copy(update={"lakehouse": work / f"lakehouse-{name}", "checkpoints": work / f"checkpoints-{name}"})
+            query = start_ingest(spark, run, directive, directives.schemas, until_caught_up=True)
+            results[f"{name}_eps"] = args.events / _timed_query(query)
+            runs[name] = _batch_ms(query)
+        results["validated_vs_parse"] = results["validated_eps"] / results["parse_only_eps"]
+        results["validated_vs_passthrough"] = results["validated_eps"] / results["passthrough_eps"]
+        paired = [runs["validated"][b] - runs["parse_only"][b] for b in runs["validated"] if b in runs["parse_only"]]
+        results["validation_added_ms_p50"] = statistics.median(paired)
+        results["batches"] = len(paired)
+        print("restart: SIGKILL, restart, first committed batch", flush=True)
+        results["restart_to_first_batch_s"] = _restart_to_first_batch(profile, work)
         results["bench_events"] = args.events
     finally:
         broker.stop(base, work / "broker")
         shutil.rmtree(work, ignore_errors=True)
 
     merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for stale in ("crom_eps", "crom_vs_passthrough"):  # replaced by parse_only/validated
+        merged.pop(stale, None)
     merged.update({k: round(v, 3) for k, v in results.items()})
     RESULTS.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     table = ["| key | value |", "| --- | ---: |"] + [f"| {k} | {v:,} |" for k, v in sorted(merged.items())]

@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from pipelines.crfm.job import run_functional
-from pipelines.crom.ingest import start_ingest
+from pipelines.crom.ingest import run_ingest, start_ingest
 from pipelines.crsm.job import run_strategic
 from pipelines.errors import CrmError
 from pipelines.generator import REASON_OF_KIND, SILVER_KINDS, EventStream, produce
@@ -34,9 +34,7 @@ def stack(kafka, profile, directives):
 
 
 def _ingest(spark, profile, directives):
-    query = start_ingest(spark, profile, directives.only("operational"), directives.schemas, until_caught_up=True)
-    query.awaitTermination()
-    assert query.exception() is None
+    run_ingest(spark, profile, directives.only("operational"), directives.schemas, until_caught_up=True)
 
 
 def _expected(events):
