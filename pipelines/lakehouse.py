@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from pipelines.errors import CrmError
+
+log = logging.getLogger(__name__)
 
 
 def ensure_table(spark: SparkSession, path: str, schema: T.StructType) -> None:
@@ -22,7 +26,25 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType) -> None:
                     f"expected {field.dataType.simpleString()}"
                 )
         return
+    _clear_interrupted_create(spark, path)
     DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
+
+
+def _clear_interrupted_create(spark: SparkSession, path: str) -> None:
+    """Remove a `_delta_log` that holds no commit: a create killed before its first commit.
+
+    Delta takes such a folder for a table and then fails with DELTA_TABLE_NOT_FOUND, so a
+    job killed at that moment could never start again.
+    """
+    jvm = spark.sparkContext._jvm
+    log_dir = jvm.org.apache.hadoop.fs.Path(f"{path}/_delta_log")
+    fs = log_dir.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(log_dir):
+        return
+    if any(status.getPath().getName().endswith(".json") for status in fs.listStatus(log_dir)):
+        return
+    log.warning("removing %s: a table creation was interrupted before its first commit", log_dir)
+    fs.delete(log_dir, True)
 
 
 class BatchAppender:
