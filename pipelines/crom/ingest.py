@@ -254,15 +254,19 @@ class BatchWriter:
 
 
 def _refuse_wiped_checkpoint(writer: BatchWriter, checkpoint: str) -> None:
-    """A new checkpoint restarts batch ids at 0; over tables holding later batches every
-    write would be skipped as a replay. Refuse instead of silently writing nothing."""
-    commits = Path(checkpoint) / "commits"
-    if commits.is_dir() and any(commits.iterdir()):
-        return
+    """Refuse a checkpoint that is behind the tables, e.g. wiped: its batch ids would restart
+    below ones already written, and every write would be skipped as a replay.
+
+    The offsets log names every batch the checkpoint has started, committed or not; a batch
+    the tables hold but the log does not was written under another checkpoint.
+    """
+    offsets = Path(checkpoint) / "offsets"
+    started = max((int(f.name) for f in offsets.iterdir() if f.name.isdigit()), default=-1) if offsets.is_dir() else -1
     last = writer.appender.last_batch(writer.tables.bronze)
-    if last >= 0:
+    if last > started:
+        state = "is empty" if started < 0 else f"has started batches only up to {started}"
         raise CrmError(
-            f"checkpoint {checkpoint} is empty but {writer.tables.bronze} already holds batches up to {last} "
+            f"checkpoint {checkpoint} {state} but {writer.tables.bronze} already holds batches up to {last} "
             f"from {APP_ID}; restore the checkpoint, or move the CROM tables away to re-ingest from scratch"
         )
 
