@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CACHED := .cache/.setup-done
 
-.PHONY: setup demo test unit bench clean tools
+.PHONY: setup demo test unit bench eval clean tools
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -40,6 +40,10 @@ unit: $(INSTALLED)
 bench: setup
 	$(BIN)/python -m tests.bench.run
 
+# Datafication quality on the public data sets in ../shared/data (CRM_SAMPLE_DATA).
+eval: $(INSTALLED)
+	$(BIN)/python -m tests.eval.run
+
 clean:
 	-$(BIN)/crm broker stop
-	rm -rf .lakehouse .checkpoints .broker bench-results.json bench-results.md
+	rm -rf .lakehouse .checkpoints .broker bench-results.json bench-results.md eval-results.json

@@ -71,6 +71,11 @@ class Profile(_Strict):
         return str(self.checkpoints / job)
 
 
+def sample_data() -> Path:
+    """The public data sets (tweets, access logs, Loghub, CDNOW): CRM_SAMPLE_DATA, else ../shared/data."""
+    return Path(os.environ.get("CRM_SAMPLE_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
+
+
 def _resolve(path: str | Path) -> Path:
     p = Path(path).expanduser()
     return (p if p.is_absolute() else REPO_ROOT / p).resolve()

@@ -1,0 +1,84 @@
+"""Log datafication: layouts, generic masks, template ids that survive restarts, severity."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipelines.config import CONF_DIR, sample_data
+from pipelines.crom.logs import LineLayout, LogTemplates, severity
+
+HDFS = "<Date> <Time> <Pid> <Level> <Component>: <Content>"
+
+
+def test_layout_splits_fields_and_message():
+    fields = LineLayout(HDFS).split("081109 203615 148 INFO dfs.DataNode$PacketResponder: Received block blk_-16 of size 91178")
+    assert fields == {
+        "Date": "081109", "Time": "203615", "Pid": "148", "Level": "INFO",
+        "Component": "dfs.DataNode$PacketResponder", "Content": "Received block blk_-16 of size 91178",
+    }  # fmt: skip
+    assert LineLayout(HDFS).split("not a log line") is None
+
+
+@pytest.mark.parametrize(
+    ("layout", "problem"),
+    [("<Date> <Time> <Level>", "no <Content> field"), ("<Content> <Content>", "names a field twice"), (r"\[<Content>(", "not a valid pattern")],
+)
+def test_bad_layouts_are_refused(layout, problem):
+    with pytest.raises(ValueError, match=problem):
+        LineLayout(layout)
+
+
+def test_variables_are_masked_by_kind_and_lines_of_one_template_share_an_id():
+    miner = LogTemplates()
+    first = miner.mine("Connection from 10.0.0.1:5050 to /var/log/app.log took 15ms, id attempt_14_0020_m_01")
+    second = miner.mine("Connection from 192.168.7.20:80 to /tmp/x took 3ms, id attempt_99_0001_r_07")
+    other = miner.mine("Connection closed by peer")
+    assert first.template_id == second.template_id != other.template_id
+    assert second.template == "Connection from <IP> to <PATH> took <NUM>, id <ID>"
+    assert second.parameters == ["192.168.7.20:80", "/tmp/x", "3ms", "attempt_99_0001_r_07"]
+
+
+def test_a_list_of_identifiers_is_one_parameter():
+    miner = LogTemplates()
+    short = miner.mine("ask 10.2.3.4:50010 to delete blk_-1 blk_2")
+    long = miner.mine("ask 10.2.3.4:50010 to delete blk_3 blk_-4 blk_5 blk_6")
+    assert short.template_id == long.template_id
+    assert long.template == "ask <IP> to delete <ID>"
+
+
+def test_words_with_digits_are_not_numbers():
+    miner = LogTemplates()
+    assert miner.mine("user u0 logged in on tty7").template == "user u0 logged in on tty7"
+
+
+@pytest.mark.parametrize(
+    ("level", "message", "expected"),
+    [
+        ("INFO", "anything", "info"), ("W", "x", "warn"), ("[error]", "x", "error"), ("notice", "x", "info"),
+        ("F", "x", "fatal"), (None, "ERROR: disk full", "error"), (None, "Failed password for root", "error"),
+        (None, "Accepted password for alice", "info"), ("unknown-level", "connection refused", "error"),
+    ],
+)  # fmt: skip
+def test_severity(level, message, expected):
+    assert severity(level, message) == expected
+
+
+def test_severity_comes_from_the_layout_level():
+    assert LogTemplates(HDFS).mine("081109 203615 148 WARN dfs.DataNode: Slow write of 4 bytes").severity == "warn"
+
+
+def test_template_ids_survive_restarts_on_real_lines(tmp_path):
+    data = sample_data() / "loghub" / "OpenSSH" / "OpenSSH_2k.log"
+    if not data.exists():
+        pytest.skip(f"sample data not found at {data} (set CRM_SAMPLE_DATA)")
+    layout = yaml.safe_load((CONF_DIR / "datasets" / "loghub.yaml").read_text())["layouts"]["OpenSSH"]
+    lines = data.read_text(encoding="utf-8").splitlines()[:600]
+    in_one_go = [m.template_id for m in map(LogTemplates(layout).mine, lines)]
+    state, restarted = tmp_path / "templates.json", []
+    for start in range(0, len(lines), 150):  # a new miner (a restarted job) every 150 lines
+        miner = LogTemplates(layout, state=state)
+        restarted += [miner.mine(line).template_id for line in lines[start : start + 150]]
+        miner.save()
+    assert restarted == in_one_go
+    assert len(set(in_one_go)) > 10  # real variety, not one catch-all template
