@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pyspark.sql import types as T
 
 from pipelines.errors import CrmError, describe_validation_error
 from pipelines.schemas import DATA_CLASSES, EventSchema, load_schema
@@ -128,6 +129,28 @@ class Trust(_Strict):
     producers: list[str] = Field(min_length=1, description="Known producers; any other producer is untrusted.")
 
 
+class LogMining(_Strict):
+    """Mine templates from a text field of log lines (see pipelines.crom.logs)."""
+
+    field: str = Field(default="line", description="The string field holding the log line.")
+    layout: str | None = Field(default=None, description="Line layout in Loghub's notation; only <Content> is mined.")
+
+    @field_validator("layout")
+    @classmethod
+    def _layout_compiles(cls, layout: str | None) -> str | None:
+        if layout is not None:
+            from pipelines.crom.logs import LineLayout  # the layout's own rules, in one place
+
+            LineLayout(layout)
+        return layout
+
+
+class Datafy(_Strict):
+    """Structured fields derived from unstructured ones, per source."""
+
+    logs: LogMining | None = None
+
+
 class Source(_Strict):
     topic: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     schema_: str = Field(alias="schema", pattern=r"^[a-z_]+\.v[0-9]+$")
@@ -136,6 +159,7 @@ class Source(_Strict):
     trust: Trust
     evolution: Evolution = Evolution()
     expectations: list[Expectation] = []
+    datafy: Datafy = Datafy()
 
 
 class Watermark(_Strict):
@@ -305,6 +329,11 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
         for param in rule.protects:
             if param not in params:
                 raise CrmError(f"{where}: protects: {param!r} is not a parameter of {ref.directive.serves}")
+    mining = src.datafy.logs
+    if mining is not None:
+        field = schema.field(mining.field)
+        if field is None or field.spark_type != T.StringType():
+            raise CrmError(f"{ref.path}: sources.{source}.datafy.logs.field: {mining.field!r} is not a string field of {schema.name}")
     if schema.field(ref.directive.watermark.column) is None:
         raise CrmError(f"{ref.path}: watermark.column: {ref.directive.watermark.column!r} is not a field of {schema.name}")
 

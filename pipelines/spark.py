@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -25,6 +26,9 @@ def session_builder(profile: Profile, app_name: str) -> SparkSession.Builder:
     )
     if not _under_spark_submit():
         builder = builder.master(profile.spark.master)
+        # Python workers (mapInPandas) must run this interpreter, whose venv has our
+        # packages; PySpark's default is whatever `python3` is first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in profile.spark.conf.items():
         builder = builder.config(key, value)
     return builder

@@ -7,6 +7,7 @@ and writes `crsm/*`. No layer imports another layer's code to find them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipelines.config import Profile
 
@@ -19,6 +20,11 @@ class CromTables:
     validation_results: str
     batch_audit: str
     silver: dict[str, str]
+    state: Path  # job state that travels with the tables, e.g. the log template miner's
+
+    def log_templates_state(self, source: str) -> Path:
+        """The miner's state: template ids in silver refer to it, so it lives beside silver."""
+        return self.state / f"log_templates_{source}.json"
 
     @classmethod
     def of(cls, profile: Profile, sources: list[str]) -> "CromTables":
@@ -29,6 +35,7 @@ class CromTables:
             validation_results=profile.table_path("crom", "validation_results"),
             batch_audit=profile.table_path("crom", "batch_audit"),
             silver={s: silver_table(profile, s) for s in sources},
+            state=Path(profile.table_path("crom", "_state")),
         )
 
 

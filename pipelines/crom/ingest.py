@@ -22,6 +22,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Profile
 from pipelines.crom import records
+from pipelines.crom.logs import TEMPLATE_FIELDS, mine_templates
 from pipelines.crom.parse import Parser
 from pipelines.crom.validate import RESULTS_SCHEMA, BatchValidator, compile_rules, failures_that_stop, prefixed
 from pipelines.directives import UNTRUSTED, Loaded
@@ -92,7 +93,8 @@ class BatchWriter:
         ensure_table(self.spark, self.tables.validation_results, RESULTS_SCHEMA)
         ensure_table(self.spark, self.tables.batch_audit, records.BATCH_AUDIT_SCHEMA)
         for source, path in self.tables.silver.items():
-            ensure_table(self.spark, path, records.silver_schema(self.schemas[source]))
+            derived = TEMPLATE_FIELDS if self.directive.sources[source].datafy.logs else ()
+            ensure_table(self.spark, path, records.silver_schema(self.schemas[source], derived))
 
     def stage(self, batch: DataFrame) -> DataFrame:
         """Kafka rows -> parsed, with rule columns, failed quarantine rules and warn flags."""
@@ -168,7 +170,8 @@ class BatchWriter:
                 if mark:
                     late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
                 with self._phase("silver"):
-                    inserted = self._append_counted(self._new_silver_rows(on_time, source, batch_id, mark), self.tables.silver[source], batch_id)
+                    new_rows = self._datafied(self._new_silver_rows(on_time, source, batch_id, mark), source)
+                    inserted = self._append_counted(new_rows, self.tables.silver[source], batch_id)
             counts.append(
                 dict(
                     batch_id=batch_id,
@@ -237,6 +240,13 @@ class BatchWriter:
         if self.appender.append(late.observe(observation, *per_source), self.tables.late, batch_id):
             return dict(observation.get)
         return late.agg(*per_source).first().asDict()
+
+    def _datafied(self, rows: DataFrame, source: str) -> DataFrame:
+        """New silver rows plus the source's datafied columns; only rows that are kept are mined."""
+        mining = self.directive.sources[source].datafy.logs
+        if mining is None:
+            return rows
+        return mine_templates(rows, mining.field, mining.layout, self.tables.log_templates_state(source))
 
     def _new_silver_rows(self, on_time: DataFrame, source: str, batch_id: int, mark: datetime | None) -> DataFrame:
         """Rows whose event_id is new: not in this batch twice, not in silver within the watermark.

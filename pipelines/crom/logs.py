@@ -15,14 +15,17 @@ mined; the layout's Level field, if any, gives the severity.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from drain3 import TemplateMiner
-from drain3.file_persistence import FilePersistence
+from drain3.persistence_handler import PersistenceHandler
 from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
 
 _LEFT = r"(?<![A-Za-z0-9_.])"  # a mask starts at a token boundary...
 _RIGHT = r"(?![A-Za-z0-9_])"  # ...and ends at one, so 'u0' or 't761' stay words
@@ -116,6 +119,25 @@ class MinedLine:
     fields: dict[str, str]  # the layout's other fields (empty without a layout)
 
 
+class AtomicFilePersistence(PersistenceHandler):
+    """drain3's state in a file, replaced atomically: a job killed while saving leaves the
+    previous state, never a truncated file (drain3's FilePersistence writes in place)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save_state(self, state: bytes) -> None:
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        with partial.open("wb") as handle:
+            handle.write(state)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, self.path)
+
+    def load_state(self) -> bytes | None:
+        return self.path.read_bytes() if self.path.exists() else None
+
+
 def miner_config() -> TemplateMinerConfig:
     config = TemplateMinerConfig()
     config.drain_sim_th = SIMILARITY
@@ -143,7 +165,7 @@ class LogTemplates:
         persistence = None
         if state is not None:
             state.parent.mkdir(parents=True, exist_ok=True)
-            persistence = FilePersistence(str(state))
+            persistence = AtomicFilePersistence(state)
         self.miner = TemplateMiner(persistence, config=miner_config())
 
     def mine(self, line: str) -> MinedLine:
@@ -166,3 +188,38 @@ class LogTemplates:
         """Write the state now; new templates are written as they appear, counts only here."""
         if self.miner.persistence_handler is not None:
             self.miner.save_state("saved")
+
+
+# Columns `mine_templates` adds to a source's silver rows.
+TEMPLATE_FIELDS = (
+    T.StructField("template_id", T.LongType(), True),
+    T.StructField("template", T.StringType(), True),
+    T.StructField("parameters", T.ArrayType(T.StringType()), True),
+    T.StructField("severity", T.StringType(), True),
+)
+
+
+def mine_templates(rows: DataFrame, field: str, layout: str | None, state: Path) -> DataFrame:
+    """Rows plus TEMPLATE_FIELDS mined from the string column `field`.
+
+    The miner is stateful and order-dependent, so one task mines the rows in Kafka order,
+    reading and updating the state file; ids then do not depend on partitioning, and a
+    replayed batch finds its templates already there and gets the same ids. The file must
+    be reachable from the executors (local disk in local mode, a shared mount on a cluster).
+    """
+    schema = T.StructType([*rows.schema.fields, *TEMPLATE_FIELDS])
+    path = str(state)
+
+    def mine(frames):
+        templates = LogTemplates(layout, state=Path(path))
+        for frame in frames:
+            mined = [templates.mine(line) for line in frame[field]]
+            frame["template_id"] = [m.template_id for m in mined]
+            frame["template"] = [m.template for m in mined]
+            frame["parameters"] = [m.parameters for m in mined]
+            frame["severity"] = [m.severity for m in mined]
+            yield frame
+        templates.save()
+
+    ordered = rows.repartition(1).sortWithinPartitions("kafka_topic", "kafka_partition", "kafka_offset")
+    return ordered.mapInPandas(mine, schema)

@@ -80,7 +80,8 @@ def hashed_name(field: str) -> str:
     return f"{field}_hmac"
 
 
-def silver_schema(schema: EventSchema) -> T.StructType:
+def silver_schema(schema: EventSchema, derived: tuple[T.StructField, ...] = ()) -> T.StructType:
+    """The silver table of a source; `derived` are datafied columns (e.g. log templates), last."""
     fields = [
         T.StructField(hashed_name(f.name) if f.pii else f.name, T.StringType() if f.pii else f.spark_type, True)
         for f in schema.fields
@@ -89,7 +90,7 @@ def silver_schema(schema: EventSchema) -> T.StructType:
         T.StructField("trust_level", T.StringType(), True),
         T.StructField("warn_flags", T.ArrayType(T.StringType()), True),
     ]
-    return T.StructType(fields + extra + KAFKA_METADATA)
+    return T.StructType(fields + extra + KAFKA_METADATA + list(derived))
 
 
 def decode(kafka: DataFrame) -> DataFrame:

@@ -14,7 +14,7 @@ from pipelines.crfm.job import run_functional
 from pipelines.crom.ingest import run_ingest, start_ingest
 from pipelines.crsm.job import run_strategic
 from pipelines.errors import CrmError
-from pipelines.generator import REASON_OF_KIND, SILVER_KINDS, EventStream, produce
+from pipelines.generator import LOG_LINES, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
 from pipelines.tables import CromTables, functional_table
 from pipelines.topics import ensure_topics
 
@@ -104,6 +104,17 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     currency = results.where(F.col("rule") == "transaction_currency_known").agg(F.sum("unexpected_count"), F.sum("evaluated_count")).first()
     transactions = sum(1 for e in events if e.source == "transaction" and e.kind in (*SILVER_KINDS, "rule_violation", "late", "duplicate"))
     assert tuple(currency) == (quarantine["expectation_failed"], transactions)
+
+    # Log lines became templates: one per line pattern of the generator (each starts with its
+    # own word), with the severity of the line's level and the IP masked by kind.
+    logs = read(tables.silver["log"]).collect()
+    patterns = defaultdict(set)
+    for row in logs:
+        level, first_word = row["line"].split()[2:4]
+        patterns[row["template_id"]].add(first_word)
+        assert row["severity"] == level.lower()
+    assert len(patterns) == len(LOG_LINES) and all(len(words) == 1 for words in patterns.values())
+    assert all(r["template"].endswith("logged in from <IP>") for r in logs if "logged in from" in r["line"])
 
     # Nothing new: a rerun adds nothing anywhere.
     _ingest(spark, profile, directives)

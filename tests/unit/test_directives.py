@@ -160,3 +160,17 @@ def test_cli_plan_prints_the_chain(capsys):
     out = capsys.readouterr().out
     assert out.index("strategic.customer_value") < out.index("functional.customer_metrics") < out.index("operational.ingest_events")
     assert "KPI customer_lifetime_value" in out and "topic crm.transaction" in out
+
+
+def test_log_layout_without_content_is_refused(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["log"]["datafy"]["logs"].update(layout="<Date> <Time> <Level>"))
+    with pytest.raises(CrmError, match=r"sources.log.datafy.logs.layout: .*has no <Content> field"):
+        _load(tree)
+
+
+def test_log_mining_of_a_non_string_field_is_refused(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["log"]["datafy"]["logs"].update(field="event_time"))
+    with pytest.raises(CrmError, match=r"sources.log.datafy.logs.field: 'event_time' is not a string field of log.v1"):
+        _load(tree)
