@@ -131,6 +131,15 @@ def _java() -> str:
     return java
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id. Like Kafka's own, never one starting with '-': the storage
+    tool would read it as an option and refuse to format (about 1 start in 64)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+        if not candidate.startswith("-"):
+            return candidate
+
+
 def start(profile: Profile, port: int | None = None, controller_port: int | None = None, data_dir: Path | None = None) -> int:
     """Start the broker and wait until it answers metadata requests. Returns its pid."""
     p = paths(profile, data_dir)
@@ -148,7 +157,7 @@ def start(profile: Profile, port: int | None = None, controller_port: int | None
     _write_properties(p, port, controller_port)
     classpath = f"{libs}/*"
     if not (p.storage / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+        cluster_id = _cluster_id()
         fmt = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(p.properties)],
             capture_output=True,

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -149,6 +150,21 @@ def cmd_strategic(args, profile: Profile) -> int:
     return 0
 
 
+def cmd_train(args, profile: Profile) -> int:
+    from pipelines.crom.sentiment_model import read_labelled, train_sentiment
+
+    output = Path(args.output).resolve() if args.output else profile.sentiment_model
+    spark = _spark(profile, "crm-train-sentiment")
+    labelled = read_labelled(spark, Path(args.labels), args.text_column, args.label_column).cache()
+    counts = {r["label"]: r["count"] for r in labelled.groupBy("label").count().collect()}
+    print(f"training the sentiment model on {sum(counts.values()):,} texts ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))})")
+    started = time.monotonic()
+    model = train_sentiment(labelled, **({"iterations": args.iterations} if args.iterations else {}))
+    model.write().overwrite().save(str(output))
+    print(f"trained in {time.monotonic() - started:.0f}s -> {output}; select it with `datafy: text: model: trained`")
+    return 0
+
+
 def cmd_docs(args, profile: Profile) -> int:
     from pipelines.crom.docs import build_data_docs
 
@@ -274,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["check", "plan"])
     p.set_defaults(func=cmd_directives)
 
+    p = sub.add_parser("train", parents=[common], help="train a model from labelled data")
+    p.add_argument("model", choices=["sentiment"])
+    p.add_argument("--labels", required=True, help="CSV with a header, one labelled text per row")
+    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    p.add_argument("--label-column", default="label", help="column holding negative/neutral/positive (default: label)")
+    p.add_argument("--output", help="model folder (default: <models>/sentiment from the profile)")
+    p.add_argument("--iterations", type=int, help="optimiser iterations of the logistic regression (default 100)")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("docs", parents=[common], help="build Great Expectations Data Docs from the CROM validation results")
     p.add_argument("--out", help="site folder (default: <lakehouse>/_data_docs/gx/uncommitted/data_docs/local_site)")
     p.add_argument("--batches", type=int, default=50, help="how many of the newest batches to show (default 50)")
@@ -293,6 +318,8 @@ def _validate_args(args) -> None:
         raise CrmError("--bad-fraction must be between 0 and 1")
     if getattr(args, "rate", None) is not None and args.rate <= 0:
         raise CrmError("--rate must be positive")
+    if getattr(args, "iterations", None) is not None and args.iterations < 1:
+        raise CrmError("--iterations must be at least 1")
     if getattr(args, "batches", 1) < 1:
         raise CrmError("--batches must be at least 1")
     start = getattr(args, "start", "0")

@@ -59,6 +59,7 @@ class Profile(_Strict):
     directives: Path
     schemas: Path
     cache: Path
+    models: Path  # trained models (`crm train`)
     kafka: KafkaSettings
     broker: BrokerSettings
     spark: SparkSettings
@@ -66,6 +67,10 @@ class Profile(_Strict):
 
     def table_path(self, layer: str, table: str) -> str:
         return str(self.lakehouse / layer / table)
+
+    @property
+    def sentiment_model(self) -> Path:
+        return self.models / "sentiment"
 
     def checkpoint_path(self, job: str) -> str:
         return str(self.checkpoints / job)
@@ -106,7 +111,8 @@ def load_profile(name: str = "local") -> Profile:
         raw.setdefault("ingest", {})["max_offsets_per_trigger"] = env["CRM_MAX_OFFSETS_PER_TRIGGER"]
     if env.get("CRM_KAFKA_BOOTSTRAP"):
         raw["kafka"]["bootstrap_servers"] = env["CRM_KAFKA_BOOTSTRAP"]
-    for key in ("lakehouse", "checkpoints", "directives", "schemas", "cache"):
+    raw.setdefault("models", ".models")
+    for key in ("lakehouse", "checkpoints", "directives", "schemas", "cache", "models"):
         if key in raw:
             raw[key] = _resolve(raw[key])
     if isinstance(raw.get("broker"), dict) and "data_dir" in raw["broker"]:

@@ -145,10 +145,32 @@ class LogMining(_Strict):
         return layout
 
 
+class TextMining(_Strict):
+    """Sentiment, complaint, reason, brands, products, hashtags, mentions and language from
+    a free-text field (see pipelines.crom.text)."""
+
+    field: str = Field(default="text", description="The string field holding the text.")
+    model: Literal["label_free", "trained"] = Field(
+        default="label_free",
+        description="label_free: VADER plus complaint cues; trained: the model `crm train sentiment` saved under the profile's models folder.",
+    )
+    brands: dict[str, list[str]] = Field(default={}, description="Brand name -> the words, @handles or #tags naming it.")
+    products: dict[str, list[str]] = Field(default={}, description="Product name -> the words naming it.")
+
+    @field_validator("brands", "products")
+    @classmethod
+    def _aliases_given(cls, names: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, aliases in names.items():
+            if not aliases or any(not alias.strip() for alias in aliases):
+                raise ValueError(f"{name!r} needs at least one non-empty alias")
+        return names
+
+
 class Datafy(_Strict):
     """Structured fields derived from unstructured ones, per source."""
 
     logs: LogMining | None = None
+    text: TextMining | None = None
 
 
 class Source(_Strict):
@@ -329,11 +351,10 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
         for param in rule.protects:
             if param not in params:
                 raise CrmError(f"{where}: protects: {param!r} is not a parameter of {ref.directive.serves}")
-    mining = src.datafy.logs
-    if mining is not None:
-        field = schema.field(mining.field)
-        if field is None or field.spark_type != T.StringType():
-            raise CrmError(f"{ref.path}: sources.{source}.datafy.logs.field: {mining.field!r} is not a string field of {schema.name}")
+    for kind, mining in (("logs", src.datafy.logs), ("text", src.datafy.text)):
+        field = schema.field(mining.field) if mining is not None else None
+        if mining is not None and (field is None or field.spark_type != T.StringType()):
+            raise CrmError(f"{ref.path}: sources.{source}.datafy.{kind}.field: {mining.field!r} is not a string field of {schema.name}")
     if schema.field(ref.directive.watermark.column) is None:
         raise CrmError(f"{ref.path}: watermark.column: {ref.directive.watermark.column!r} is not a field of {schema.name}")
 

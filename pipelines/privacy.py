@@ -64,6 +64,11 @@ def mask_payload(payload: Column, pii_keys: list[str]) -> Column:
     if pii_keys:
         keys = "|".join(sorted(set(pii_keys)))
         masked = F.regexp_replace(masked, rf'"({keys})"\s*:\s*"(?:[^"\\]|\\.)*"', r'"$1":"<masked>"')
-    masked = F.when(masked.contains("@"), F.regexp_replace(masked, EMAIL_PATTERN, "<email>")).otherwise(masked)
+    return scrub_text(masked)
+
+
+def scrub_text(text: Column) -> Column:
+    """Replace every email, phone number and card number in free text by its kind."""
+    masked = F.when(text.contains("@"), F.regexp_replace(text, EMAIL_PATTERN, "<email>")).otherwise(text)
     masked = F.when(masked.contains("+"), F.regexp_replace(masked, PHONE_PATTERN, "<phone>")).otherwise(masked)
     return F.regexp_replace(masked, CARD_PATTERN, "<card>")

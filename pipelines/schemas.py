@@ -16,7 +16,8 @@ from pyspark.sql import types as T
 from pipelines.errors import CrmError
 
 DATA_CLASSES = ("identification", "descriptive", "probe", "transactional", "conversed")
-PII_TREATMENTS = ("hmac",)
+# hmac: replaced by a keyed pseudonym; scrub: free text kept, emails, phones and cards masked
+PII_TREATMENTS = ("hmac", "scrub")
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class EventSchema:
 
     @property
     def pii_fields(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields if f.pii)
+        """Fields whose values are identifiers, pseudonymised whole."""
+        return tuple(f.name for f in self.fields if f.pii == "hmac")
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import reduce
@@ -24,6 +25,8 @@ from pipelines.config import Profile
 from pipelines.crom import records
 from pipelines.crom.logs import TEMPLATE_FIELDS, mine_templates
 from pipelines.crom.parse import Parser
+from pipelines.crom.sentiment_model import load_model
+from pipelines.crom.text import TEXT_FIELDS, datafy_text
 from pipelines.crom.validate import RESULTS_SCHEMA, BatchValidator, compile_rules, failures_that_stop, prefixed
 from pipelines.directives import UNTRUSTED, Loaded
 from pipelines.errors import CrmError
@@ -76,6 +79,11 @@ class BatchWriter:
             self.time_column,
         )
         self.totals = self._totals()
+        self.sentiment_models = {
+            name: load_model(profile.sentiment_model)
+            for name, src in directive.sources.items()
+            if src.datafy.text is not None and src.datafy.text.model == "trained"
+        }
         self._create_tables()
 
     def _frame_schema(self) -> T.StructType:
@@ -93,7 +101,8 @@ class BatchWriter:
         ensure_table(self.spark, self.tables.validation_results, RESULTS_SCHEMA)
         ensure_table(self.spark, self.tables.batch_audit, records.BATCH_AUDIT_SCHEMA)
         for source, path in self.tables.silver.items():
-            derived = TEMPLATE_FIELDS if self.directive.sources[source].datafy.logs else ()
+            datafy = self.directive.sources[source].datafy
+            derived = (TEMPLATE_FIELDS if datafy.logs else ()) + (TEXT_FIELDS if datafy.text else ())
             ensure_table(self.spark, path, records.silver_schema(self.schemas[source], derived))
 
     def stage(self, batch: DataFrame) -> DataFrame:
@@ -170,8 +179,8 @@ class BatchWriter:
                 if mark:
                     late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
                 with self._phase("silver"):
-                    new_rows = self._datafied(self._new_silver_rows(on_time, source, batch_id, mark), source)
-                    inserted = self._append_counted(new_rows, self.tables.silver[source], batch_id)
+                    new_rows = self._new_silver_rows(on_time, source, batch_id, mark)
+                    inserted = self._append_counted(new_rows, self.tables.silver[source], batch_id, lambda rows, source=source: self._datafied(rows, source))
             counts.append(
                 dict(
                     batch_id=batch_id,
@@ -186,17 +195,21 @@ class BatchWriter:
                 )
             )
         quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
-        with self._phase("quarantine+late"):
+        # Three small, independent tables: their commits are mostly waiting (job start-up,
+        # log writes), so they overlap instead of queueing.
+        with self._phase("quarantine+late+results"), ThreadPoolExecutor(3, thread_name_prefix="crom-append") as pool:
+            writes = [pool.submit(self._append_late, late_frames, batch_id)]
             if any(c["quarantined"] for c in counts):
-                self.appender.append(quarantine, self.tables.quarantine, batch_id)
-            late = self._append_late(late_frames, batch_id)
+                writes.append(pool.submit(self.appender.append, quarantine, self.tables.quarantine, batch_id))
+            if results:
+                frame = self.spark.createDataFrame(results, RESULTS_SCHEMA)
+                writes.append(pool.submit(self.appender.append, frame, self.tables.validation_results, batch_id))
+            late = [w.result() for w in writes][0]
         for c in counts:
             c["late"] = late.get(c["source"], 0)
             c["duplicates"] = c.pop("valid") - c["late"] - c["silver_rows"]
             c["finished_at"] = datetime.now(timezone.utc)
-        with self._phase("results+audit"):
-            if results:
-                self.appender.append(self.spark.createDataFrame(results, RESULTS_SCHEMA), self.tables.validation_results, batch_id)
+        with self._phase("audit"):  # last: it records the batch as complete
             rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
             self.appender.append(self.spark.createDataFrame(rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
         return counts
@@ -224,12 +237,12 @@ class BatchWriter:
         self._seen = (batch_id, newest)
         return {s: (newest[s] - self.delay if s in newest else None) for s in self.topics.values()}
 
-    def _append_counted(self, rows: DataFrame, path: str, batch_id: int) -> int:
-        """Append and return the row count, observed during the write instead of a second job."""
+    def _append_counted(self, rows: DataFrame, path: str, batch_id: int, derive=lambda rows: rows) -> int:
+        """Append `derive(rows)` and return the row count, observed during the write instead of a second job."""
         observation = Observation()
-        if self.appender.append(rows.observe(observation, F.count(F.lit(1)).alias("rows")), path, batch_id):
+        if self.appender.append(derive(rows).observe(observation, F.count(F.lit(1)).alias("rows")), path, batch_id):
             return observation.get["rows"]
-        return rows.count()  # a replay: the rows are already there, count what they were
+        return rows.count()  # a replay: the rows are already there; count them without deriving again
 
     def _append_late(self, frames: list[DataFrame], batch_id: int) -> dict[str, int]:
         if not frames:
@@ -243,10 +256,12 @@ class BatchWriter:
 
     def _datafied(self, rows: DataFrame, source: str) -> DataFrame:
         """New silver rows plus the source's datafied columns; only rows that are kept are mined."""
-        mining = self.directive.sources[source].datafy.logs
-        if mining is None:
-            return rows
-        return mine_templates(rows, mining.field, mining.layout, self.tables.log_templates_state(source))
+        datafy = self.directive.sources[source].datafy
+        if datafy.logs is not None:
+            rows = mine_templates(rows, datafy.logs.field, datafy.logs.layout, self.tables.log_templates_state(source))
+        if datafy.text is not None:
+            rows = datafy_text(rows, datafy.text, self.key, self.sentiment_models.get(source))
+        return rows
 
     def _new_silver_rows(self, on_time: DataFrame, source: str, batch_id: int, mark: datetime | None) -> DataFrame:
         """Rows whose event_id is new: not in this batch twice, not in silver within the watermark.

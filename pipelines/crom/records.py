@@ -8,7 +8,7 @@ from pyspark.sql import types as T
 
 from pipelines.crom.parse import EXPECTATION_FAILED
 from pipelines.directives import UNTRUSTED, Trust
-from pipelines.privacy import hmac_sha256, mask_payload, normalise_identifier
+from pipelines.privacy import hmac_sha256, mask_payload, normalise_identifier, scrub_text
 from pipelines.schemas import EventSchema
 
 KAFKA_METADATA = [
@@ -83,7 +83,7 @@ def hashed_name(field: str) -> str:
 def silver_schema(schema: EventSchema, derived: tuple[T.StructField, ...] = ()) -> T.StructType:
     """The silver table of a source; `derived` are datafied columns (e.g. log templates), last."""
     fields = [
-        T.StructField(hashed_name(f.name) if f.pii else f.name, T.StringType() if f.pii else f.spark_type, True)
+        T.StructField(hashed_name(f.name), T.StringType(), True) if f.pii == "hmac" else T.StructField(f.name, f.spark_type, True)
         for f in schema.fields
     ]
     extra = [
@@ -178,12 +178,15 @@ def trust_level(source: str, trust: Trust) -> Column:
 
 
 def to_silver(staged: DataFrame, source: str, schema: EventSchema, trust: Trust, key: bytes, batch_id: int) -> DataFrame:
-    """Valid rows of one source -> silver columns; identifiers become keyed HMAC pseudonyms."""
+    """Valid rows of one source -> silver columns; identifiers become keyed HMAC pseudonyms
+    and free text declared `scrub` loses its emails, phones and card numbers."""
     event = lambda name: F.col(f"{source}.{name}")  # noqa: E731
-    columns = [
-        hmac_sha256(normalise_identifier(event(f.name)), key).alias(hashed_name(f.name)) if f.pii else event(f.name).alias(f.name)
-        for f in schema.fields
-    ]
+    treated = {
+        "hmac": lambda f: hmac_sha256(normalise_identifier(event(f.name)), key).alias(hashed_name(f.name)),
+        "scrub": lambda f: scrub_text(event(f.name)).alias(f.name),
+        None: lambda f: event(f.name).alias(f.name),
+    }
+    columns = [treated[f.pii](f) for f in schema.fields]
     return staged.where(routed_valid(source)).select(
         *columns,
         trust_level(source, trust).alias("trust_level"),

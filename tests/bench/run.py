@@ -4,8 +4,11 @@ Everything runs on this machine, on one preloaded set of topics (1M events by de
 with the project's own broker on a free 127.0.0.1 port and about 50k-record batches:
 
 - passthrough: Kafka records appended to Delta as they are (the baseline);
-- parse only: the CROM job with every expectation removed from the directive;
-- validated: the CROM job with the shipped directive's Great Expectations rules;
+- parse only: the CROM job with every expectation and datafication removed from the directive;
+- validated: the CROM job with the shipped directive's Great Expectations rules, no datafication;
+- datafied: the shipped directive as it is: rules, log templates and social text facts;
+- sentiment: the social text model over real tweets, as an Arrow batch UDF against a
+  row-at-a-time Python UDF on the same rows, and the latency of single texts;
 - restart: `crm ingest` killed with SIGKILL, restarted, timed to its first committed batch.
 
 Each CROM variant first runs over the first batch's events on throwaway tables (JVM warm-up). Batch times are
@@ -19,6 +22,7 @@ merge into bench-results.json (keys from other benchmarks are kept) and a Markdo
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -32,15 +36,20 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+from pyspark.sql import functions as F
+
 from pipelines import broker
-from pipelines.config import REPO_ROOT, load_profile
+from pipelines.config import REPO_ROOT, load_profile, sample_data
 from pipelines.crom.ingest import start_ingest
-from pipelines.directives import load_directives
+from pipelines.crom.text import score_texts
+from pipelines.directives import Datafy, load_directives
 from pipelines.generator import EventStream, produce
 from pipelines.spark import get_spark
 from pipelines.topics import ensure_topics
 
 RESULTS = REPO_ROOT / "bench-results.json"
+STEPS = {"parse_only": "", "validated": ", Great Expectations", "datafied": ", Great Expectations, log templates, text facts"}
 
 
 def _free_port() -> int:
@@ -62,11 +71,44 @@ def _batch_ms(query) -> dict[int, int]:
     return {p["batchId"]: p["durationMs"]["addBatch"] for p in query.recentProgress if p["numInputRows"]}
 
 
-def _without_expectations(operational):
-    """The operational directive with every rule removed: CROM's parse-only baseline."""
+def _variant(operational, rules: bool, datafy: bool):
+    """The operational directive with its rules and/or its datafication removed."""
     directive = operational.directive
-    sources = {n: s.model_copy(update={"expectations": []}) for n, s in directive.sources.items()}
+    removed = {**({} if rules else {"expectations": []}), **({} if datafy else {"datafy": Datafy()})}
+    sources = {n: s.model_copy(update=removed) for n, s in directive.sources.items()}
     return replace(operational, directive=directive.model_copy(update={"sources": sources}))
+
+
+def sentiment(spark, texts: list[str]) -> dict[str, float]:
+    """The label-free model over the same rows as an Arrow batch UDF and as a row-at-a-time
+    Python UDF (what scoring one text per call costs), and single-text latency."""
+    rows = spark.createDataFrame([(t,) for t in texts], "text string").repartition(2).cache()
+    rows.count()
+    batched = F.pandas_udf(lambda column: pd.Series([s.score for s in score_texts(column.tolist())]), "double")
+    one_by_one = F.udf(lambda text: score_texts([text])[0].score, "double")
+    timings = {}
+    for name, udf in (("batch", batched), ("row", one_by_one), ("batch", batched), ("row", one_by_one)):
+        started = time.monotonic()  # each twice, keeping the second: the first loads the model
+        rows.select(F.sum(udf("text"))).first()
+        timings[name] = time.monotonic() - started
+    rows.unpersist()
+    latencies = []
+    for text in texts:
+        started = time.perf_counter()
+        score_texts([text])
+        latencies.append((time.perf_counter() - started) * 1000)
+    return {
+        "sentiment_texts_per_s": len(texts) / timings["batch"],
+        "sentiment_row_udf_texts_per_s": len(texts) / timings["row"],
+        "sentiment_vs_row_udf": timings["row"] / timings["batch"],
+        "sentiment_p99_ms": statistics.quantiles(latencies, n=100)[98],
+    }
+
+
+def _tweets(copies: int) -> list[str]:
+    """The airline tweets' texts, repeated to a benchmark-sized batch."""
+    with (sample_data() / "airline-tweets" / "tweets_dev.csv").open(encoding="utf-8") as handle:
+        return [row["text"] for row in csv.DictReader(handle)] * copies
 
 
 def _warm_up(spark, profile, operational, schemas, work: Path, name: str) -> None:
@@ -158,7 +200,11 @@ def main() -> None:
         stream = EventStream(seed=42, topics={n: s.topic for n, s in sources.items()}, bad_fraction=args.bad_fraction)
         spark = get_spark(profile, "crm-bench")
         spark.sparkContext.setLogLevel("ERROR")
-        variants = (("parse_only", _without_expectations(operational)), ("validated", operational))
+        variants = (
+            ("parse_only", _variant(operational, rules=False, datafy=False)),
+            ("validated", _variant(operational, rules=True, datafy=False)),
+            ("datafied", operational),
+        )
         first_batch = min(profile.ingest.max_offsets_per_trigger, args.events)
         print(f"warm-up: CROM over the first {first_batch:,} events, each variant", flush=True)
         produce(profile.kafka.bootstrap_servers, stream, 0, first_batch)
@@ -176,18 +222,21 @@ def main() -> None:
         results["passthrough_eps"] = args.events / elapsed
         runs = {}
         for name, directive in variants:
-            print(f"crom {name.replace('_', ' ')}: parse, route, dedup, Delta" + (", Great Expectations" if name == "validated" else ""), flush=True)
+            print(f"crom {name.replace('_', ' ')}: parse, route, dedup, Delta" + STEPS[name], flush=True)
             run = profile.model_copy(update={"lakehouse": work / f"lakehouse-{name}", "checkpoints": work / f"checkpoints-{name}"})
             query = start_ingest(spark, run, directive, directives.schemas, until_caught_up=True)
             results[f"{name}_eps"] = args.events / _timed_query(query)
             runs[name] = _batch_ms(query)
         results["validated_vs_parse"] = results["validated_eps"] / results["parse_only_eps"]
         results["validated_vs_passthrough"] = results["validated_eps"] / results["passthrough_eps"]
+        results["datafied_vs_validated"] = results["datafied_eps"] / results["validated_eps"]
         paired = [runs["validated"][b] - runs["parse_only"][b] for b in runs["validated"] if b in runs["parse_only"]]
         results["validation_added_ms_p50"] = statistics.median(paired)
         for name, batch_ms in runs.items():
             results[f"{name}_batch_ms_p50"] = statistics.median(batch_ms.values())
         results["batches"] = len(paired)
+        print("sentiment: Arrow batch UDF against a row-at-a-time UDF, real tweets", flush=True)
+        results.update(sentiment(spark, _tweets(copies=5)))
         print("restart: SIGKILL, restart, first committed batch", flush=True)
         results["restart_to_first_batch_s"] = _restart_to_first_batch(profile, work)
         results["bench_events"] = args.events

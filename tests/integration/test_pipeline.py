@@ -4,7 +4,7 @@ CRFM and CRSM, with exact row counts checked against what the generator injected
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 
 import pytest
@@ -12,9 +12,10 @@ from pyspark.sql import functions as F
 
 from pipelines.crfm.job import run_functional
 from pipelines.crom.ingest import run_ingest, start_ingest
+from pipelines.crom.text import score_texts
 from pipelines.crsm.job import run_strategic
 from pipelines.errors import CrmError
-from pipelines.generator import LOG_LINES, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
+from pipelines.generator import COMPLAINTS, LOG_LINES, NEUTRAL, POSITIVE, PRODUCTS, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
 from pipelines.tables import CromTables, functional_table
 from pipelines.topics import ensure_topics
 
@@ -116,6 +117,21 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     assert len(patterns) == len(LOG_LINES) and all(len(words) == 1 for words in patterns.values())
     assert all(r["template"].endswith("logged in from <IP>") for r in logs if "logged in from" in r["line"])
 
+    # Social texts became facts: each row gets its own text's sentiment (Arrow batches keep
+    # rows in order), complaints are flagged, products and brands are named from the
+    # directive's catalogue, and mentions are pseudonymised.
+    social = read(tables.silver["social"]).collect()
+    scored = dict(zip((r["text"] for r in social), score_texts([r["text"] for r in social])))
+    assert social and all(r["language"] == "en" for r in social)
+    for r in social:
+        expected = scored[r["text"]]
+        assert (r["sentiment_label"], r["sentiment_score"], r["complaint_reason"]) == (expected.label, expected.score, expected.reason)
+    complaints = {t.format(p=p[1]) for t in COMPLAINTS for p in PRODUCTS}
+    assert all(r["complaint"] == (r["text"] in complaints) for r in social)
+    assert all(r["products"] == [name for _, name, _ in PRODUCTS if name in r["text"]] for r in social)
+    mentioned = [r for r in social if "@brand" in r["text"]]
+    assert mentioned and all(r["brands"] == ["Brand"] and r["mentions_hmac"][0] != "@brand" for r in mentioned)
+
     # Nothing new: a rerun adds nothing anywhere.
     _ingest(spark, profile, directives)
     assert read(tables.bronze).count() == FIRST
@@ -149,6 +165,12 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     for customer, n in freq.items():
         assert params[customer]["frequency_90d"] == n
         assert params[customer]["monetary_sum_90d"] == pytest.approx(spend[customer])
+    # Complaints are counted from CROM's datafied flag: the generator's complaint texts.
+    posts = [json.loads(e.value) for e in events + more if e.kind == "valid" and e.source == "social"]
+    recent = lambda p: datetime.fromisoformat(p["event_time"]) > as_of - timedelta(days=30)  # noqa: E731
+    complained = Counter(p["customer_id"] for p in posts if p["customer_id"] and p["text"] in complaints and recent(p))
+    assert complained and all(params[c]["complaints_30d"] == n for c, n in complained.items())
+    assert sum(r["complaints_30d"] or 0 for r in params.values()) == sum(complained.values())
 
     # CRSM: every KPI of the strategic directive, with its target and verdict.
     strategic = directives.only("strategic")

@@ -174,3 +174,19 @@ def test_log_mining_of_a_non_string_field_is_refused(tree: Path):
     _edit(path, lambda d: d["sources"]["log"]["datafy"]["logs"].update(field="event_time"))
     with pytest.raises(CrmError, match=r"sources.log.datafy.logs.field: 'event_time' is not a string field of log.v1"):
         _load(tree)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(field="likes"), r"sources.social.datafy.text.field: 'likes' is not a string field of social.v1"),
+        (dict(model="bert"), r"sources.social.datafy.text.model"),
+        (dict(brands={"Brand": []}), r"sources.social.datafy.text.brands: .*'Brand' needs at least one non-empty alias"),
+        (dict(products={"Lamp": [" "]}), r"sources.social.datafy.text.products: .*'Lamp' needs at least one non-empty alias"),
+    ],
+)
+def test_bad_text_mining_is_refused(tree: Path, change, message):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["social"]["datafy"]["text"].update(change))
+    with pytest.raises(CrmError, match=message):
+        _load(tree)
