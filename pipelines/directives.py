@@ -166,11 +166,33 @@ class TextMining(_Strict):
         return names
 
 
+class OrderFacts(_Strict):
+    """Base-currency amounts, line items and promotion as columns (see pipelines.crom.orders)."""
+
+    amount: str = Field(default="amount", description="The order total, in `currency`.")
+    currency: str = Field(default="currency", description="The ISO 4217 code of the order's currency.")
+    items: str = Field(default="items", description="The line items: sku, product, quantity, unit_price.")
+    promotion: str = Field(default="promotion_code", description="The promotion code, null if none.")
+    rates: str = Field(
+        default="conf/currency_rates.csv", description="The rate table, relative to the repository root (see conf/currency_rates.csv)."
+    )
+
+
 class Datafy(_Strict):
     """Structured fields derived from unstructured ones, per source."""
 
     logs: LogMining | None = None
     text: TextMining | None = None
+    orders: OrderFacts | None = None
+
+    def derived_fields(self) -> tuple[T.StructField, ...]:
+        """The silver columns these derivations add, in table order."""
+        from pipelines.crom.logs import TEMPLATE_FIELDS
+        from pipelines.crom.orders import ORDER_FIELDS
+        from pipelines.crom.text import TEXT_FIELDS
+
+        chosen = ((self.logs, TEMPLATE_FIELDS), (self.text, TEXT_FIELDS), (self.orders, ORDER_FIELDS))
+        return tuple(f for mining, fields in chosen if mining is not None for f in fields)
 
 
 class Source(_Strict):
@@ -355,17 +377,40 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
         field = schema.field(mining.field) if mining is not None else None
         if mining is not None and (field is None or field.spark_type != T.StringType()):
             raise CrmError(f"{ref.path}: sources.{source}.datafy.{kind}.field: {mining.field!r} is not a string field of {schema.name}")
+    if src.datafy.orders is not None:
+        _check_orders(f"{ref.path}: sources.{source}.datafy.orders", src.datafy.orders, schema)
     if schema.field(ref.directive.watermark.column) is None:
         raise CrmError(f"{ref.path}: watermark.column: {ref.directive.watermark.column!r} is not a field of {schema.name}")
 
 
+def _check_orders(where: str, orders: OrderFacts, schema: EventSchema) -> None:
+    """The named fields exist with usable types, and the rate table covers every currency the schema allows."""
+    from pipelines.config import REPO_ROOT
+    from pipelines.crom.orders import read_rates
+
+    wanted = {"amount": (T.DoubleType(), T.LongType()), "currency": (T.StringType(),), "promotion": (T.StringType(),)}
+    for key, types in wanted.items():
+        field = schema.field(getattr(orders, key))
+        if field is None or field.spark_type not in types:
+            raise CrmError(f"{where}.{key}: {getattr(orders, key)!r} is not a {' or '.join(t.simpleString() for t in types)} field of {schema.name}")
+    items = schema.field(orders.items)
+    needed = {"sku", "product", "quantity", "unit_price"}
+    if items is None or not isinstance(items.spark_type, T.ArrayType) or not needed <= set(items.spark_type.elementType.names):
+        raise CrmError(f"{where}.items: {orders.items!r} is not an array of line items ({', '.join(sorted(needed))}) in {schema.name}")
+    table = read_rates(REPO_ROOT / orders.rates)
+    allowed = set(schema.document["properties"][orders.currency].get("enum") or ())
+    if allowed - table.currencies:
+        raise CrmError(f"{where}.rates: {orders.rates} has no rate for {sorted(allowed - table.currencies)}, which {schema.name} allows")
+
+
 def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]) -> None:
-    sources = {
-        name
+    datafied = {
+        name: src.datafy
         for op in levels["operational"].values()
         if op.directive.serves == ref.directive.id
-        for name in op.directive.sources
+        for name, src in op.directive.sources.items()
     }
+    sources = set(datafied)
     seen: set[str] = set()
     for i, param in enumerate(ref.directive.parameters):
         where = f"{ref.path}: parameters[{i}] ({param.name})"
@@ -377,8 +422,9 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
         needs_column = param.measure in ("sum", "avg", "count_distinct", "last")
         if needs_column and not param.column:
             raise CrmError(f"{where}: column: measure {param.measure!r} needs a column")
-        if param.column and schemas[param.source].field(param.column) is None:
-            raise CrmError(f"{where}: column: {param.column!r} is not a field of {schemas[param.source].name}")
+        derived = {f.name for f in datafied[param.source].derived_fields()}
+        if param.column and schemas[param.source].field(param.column) is None and param.column not in derived:
+            raise CrmError(f"{where}: column: {param.column!r} is not a field of {schemas[param.source].name} nor derived by its datafy block")
 
 
 def _check_kpis(ref: Loaded, functional: dict[str, Loaded]) -> None:

@@ -21,12 +21,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.config import Profile
+from pipelines.config import REPO_ROOT, Profile
 from pipelines.crom import records
-from pipelines.crom.logs import TEMPLATE_FIELDS, mine_templates
+from pipelines.crom.logs import mine_templates
+from pipelines.crom.orders import datafy_orders, read_rates
 from pipelines.crom.parse import Parser
 from pipelines.crom.sentiment_model import load_model
-from pipelines.crom.text import TEXT_FIELDS, datafy_text
+from pipelines.crom.text import datafy_text
 from pipelines.crom.validate import RESULTS_SCHEMA, BatchValidator, compile_rules, failures_that_stop, prefixed
 from pipelines.directives import UNTRUSTED, Loaded
 from pipelines.errors import CrmError
@@ -68,6 +69,7 @@ class BatchWriter:
         }
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
         self._seen: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
+        self.phase_history: dict[int, dict[str, float]] = {}  # batch id -> seconds per phase, for `make bench`
         # Column expressions are built once: building them costs thousands of JVM calls.
         decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic")
         self.parser = Parser(self.by_topic, limits=directive.limits, evolution=self.evolution, columns=decoded)
@@ -83,6 +85,9 @@ class BatchWriter:
             name: load_model(profile.sentiment_model)
             for name, src in directive.sources.items()
             if src.datafy.text is not None and src.datafy.text.model == "trained"
+        }
+        self.rate_tables = {
+            name: read_rates(REPO_ROOT / src.datafy.orders.rates) for name, src in directive.sources.items() if src.datafy.orders is not None
         }
         self._create_tables()
 
@@ -101,8 +106,7 @@ class BatchWriter:
         ensure_table(self.spark, self.tables.validation_results, RESULTS_SCHEMA)
         ensure_table(self.spark, self.tables.batch_audit, records.BATCH_AUDIT_SCHEMA)
         for source, path in self.tables.silver.items():
-            datafy = self.directive.sources[source].datafy
-            derived = (TEMPLATE_FIELDS if datafy.logs else ()) + (TEXT_FIELDS if datafy.text else ())
+            derived = self.directive.sources[source].datafy.derived_fields()
             ensure_table(self.spark, path, records.silver_schema(self.schemas[source], derived))
 
     def stage(self, batch: DataFrame) -> DataFrame:
@@ -120,6 +124,7 @@ class BatchWriter:
             counts = self._write(staged, batch_id)
         finally:
             staged.unpersist()
+        self.phase_history[batch_id] = dict(self.phases)
         if counts:
             total = lambda key: sum(c[key] for c in counts)  # noqa: E731
             log.info(
@@ -165,9 +170,37 @@ class BatchWriter:
             rules = ", ".join(f"{r['source']}.{r['rule']} ({r['expectation_type']})" for r in stops)
             raise CrmError(f"batch {batch_id}: 'fail' rule(s) failed: {rules}; nothing of this batch was written")
         watermarks = self._watermarks(totals, batch_id)
+        quarantined = any(totals[f"records_{s}"] > totals[f"valid_{s}"] for s in self.topics.values())
+        # The small tables (results, quarantine, late) are appended on other threads while
+        # bronze and silver are written here: their commits are mostly waiting (job start-up,
+        # log writes), so they overlap the large writes instead of queueing after them.
+        with ThreadPoolExecutor(3, thread_name_prefix="crom-append") as pool:
+            side_writes = []
+            if results:
+                frame = self.spark.createDataFrame(results, RESULTS_SCHEMA)
+                side_writes.append(pool.submit(self.appender.append, frame, self.tables.validation_results, batch_id))
+            if quarantined:
+                quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
+                side_writes.append(pool.submit(self.appender.append, quarantine, self.tables.quarantine, batch_id))
+            with self._phase("bronze"):
+                self.appender.append(records.to_bronze(staged, self.pii_keys, batch_id), self.tables.bronze, batch_id)
+            counts, late_frames = self._write_silver(staged, totals, watermarks, batch_id)
+            late_write = pool.submit(self._append_late, late_frames, batch_id)
+            with self._phase("wait for results+quarantine+late"):
+                late = late_write.result()
+                for write in side_writes:
+                    write.result()
+        for c in counts:
+            c["late"] = late.get(c["source"], 0)
+            c["duplicates"] = c.pop("valid") - c["late"] - c["silver_rows"]
+            c["finished_at"] = datetime.now(timezone.utc)
+        with self._phase("audit"):  # last: it records the batch as complete
+            rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
+            self.appender.append(self.spark.createDataFrame(rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
+        return counts
 
-        with self._phase("bronze"):
-            self.appender.append(records.to_bronze(staged, self.pii_keys, batch_id), self.tables.bronze, batch_id)
+    def _write_silver(self, staged: DataFrame, totals: Row, watermarks: dict, batch_id: int) -> tuple[list[dict], list[DataFrame]]:
+        """New on-time rows of each source to its silver table; the per-source counts, and the late rows."""
         counts, late_frames = [], []
         for source in self.topics.values():
             valid = totals[f"valid_{source}"]
@@ -194,25 +227,7 @@ class BatchWriter:
                     watermark=watermarks[source],
                 )
             )
-        quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
-        # Three small, independent tables: their commits are mostly waiting (job start-up,
-        # log writes), so they overlap instead of queueing.
-        with self._phase("quarantine+late+results"), ThreadPoolExecutor(3, thread_name_prefix="crom-append") as pool:
-            writes = [pool.submit(self._append_late, late_frames, batch_id)]
-            if any(c["quarantined"] for c in counts):
-                writes.append(pool.submit(self.appender.append, quarantine, self.tables.quarantine, batch_id))
-            if results:
-                frame = self.spark.createDataFrame(results, RESULTS_SCHEMA)
-                writes.append(pool.submit(self.appender.append, frame, self.tables.validation_results, batch_id))
-            late = [w.result() for w in writes][0]
-        for c in counts:
-            c["late"] = late.get(c["source"], 0)
-            c["duplicates"] = c.pop("valid") - c["late"] - c["silver_rows"]
-            c["finished_at"] = datetime.now(timezone.utc)
-        with self._phase("audit"):  # last: it records the batch as complete
-            rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
-            self.appender.append(self.spark.createDataFrame(rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
-        return counts
+        return counts, late_frames
 
     def _watermarks(self, totals: Row, batch_id: int) -> dict[str, datetime | None]:
         """Per source: the newest event time up to and including this batch, minus the delay.
@@ -261,6 +276,9 @@ class BatchWriter:
             rows = mine_templates(rows, datafy.logs.field, datafy.logs.layout, self.tables.log_templates_state(source))
         if datafy.text is not None:
             rows = datafy_text(rows, datafy.text, self.key, self.sentiment_models.get(source))
+        if datafy.orders is not None:
+            o = datafy.orders
+            rows = datafy_orders(rows, self.rate_tables[source], o.amount, o.currency, o.items, o.promotion, self.time_column)
         return rows
 
     def _new_silver_rows(self, on_time: DataFrame, source: str, batch_id: int, mark: datetime | None) -> DataFrame:
@@ -305,9 +323,14 @@ def start_ingest(
     checkpoint: str | None = None,
 ) -> StreamingQuery:
     """Start the CROM query; the caller waits on it."""
-    directive = operational.directive
-    writer = BatchWriter(spark, profile, operational, schemas)
-    topics = ",".join(src.topic for src in directive.sources.values())
+    return start_query(spark, profile, BatchWriter(spark, profile, operational, schemas), until_caught_up, checkpoint)
+
+
+def start_query(
+    spark: SparkSession, profile: Profile, writer: BatchWriter, until_caught_up: bool, checkpoint: str | None = None
+) -> StreamingQuery:
+    """The CROM query over the writer's topics, each micro-batch written by `writer`."""
+    topics = ",".join(writer.topics)
     kafka = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", profile.kafka.bootstrap_servers)

@@ -11,10 +11,12 @@ with the project's own broker on a free 127.0.0.1 port and about 50k-record batc
   row-at-a-time Python UDF on the same rows, and the latency of single texts;
 - restart: `crm ingest` killed with SIGKILL, restarted, timed to its first committed batch.
 
-Each CROM variant first runs over the first batch's events on throwaway tables (JVM warm-up). Batch times are
-paired by batch id (the same offsets in both CROM runs), so
-`validation_added_ms_p50` is the median of what validation added to each batch. Results
-merge into bench-results.json (keys from other benchmarks are kept) and a Markdown table.
+Each variant's batches are also broken down by step (`<variant>_phase_ms_p50.<step>`), so a
+difference between variants can be attributed. Each CROM variant first runs over the first
+batch's events on throwaway tables (JVM warm-up). Batch times are paired by batch id (the
+same offsets in both CROM runs), so `validation_added_ms_p50` is the median of what
+validation added to each batch. Results merge into bench-results.json (keys from other
+benchmarks are kept) and a Markdown table.
 
     python -m tests.bench.run [--events N]
 """
@@ -41,7 +43,7 @@ from pyspark.sql import functions as F
 
 from pipelines import broker
 from pipelines.config import REPO_ROOT, load_profile, sample_data
-from pipelines.crom.ingest import start_ingest
+from pipelines.crom.ingest import BatchWriter, start_ingest, start_query
 from pipelines.crom.text import score_texts
 from pipelines.directives import Datafy, load_directives
 from pipelines.generator import EventStream, produce
@@ -69,6 +71,14 @@ def _timed_query(query) -> float:
 def _batch_ms(query) -> dict[int, int]:
     """Per batch id, the time spent in the sink (foreachBatch), from the query's progress."""
     return {p["batchId"]: p["durationMs"]["addBatch"] for p in query.recentProgress if p["numInputRows"]}
+
+
+def _phase_p50(variant: str, history: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Median milliseconds of each step of a variant's batches (BatchWriter's phases)."""
+    phases = sorted({p for steps in history.values() for p in steps})
+    return {
+        f"{variant}_phase_ms_p50.{p}": 1000 * statistics.median(steps.get(p, 0.0) for steps in history.values()) for p in phases
+    }
 
 
 def _variant(operational, rules: bool, datafy: bool):
@@ -224,9 +234,11 @@ def main() -> None:
         for name, directive in variants:
             print(f"crom {name.replace('_', ' ')}: parse, route, dedup, Delta" + STEPS[name], flush=True)
             run = profile.model_copy(update={"lakehouse": work / f"lakehouse-{name}", "checkpoints": work / f"checkpoints-{name}"})
-            query = start_ingest(spark, run, directive, directives.schemas, until_caught_up=True)
+            writer = BatchWriter(spark, run, directive, directives.schemas)
+            query = start_query(spark, run, writer, until_caught_up=True)
             results[f"{name}_eps"] = args.events / _timed_query(query)
             runs[name] = _batch_ms(query)
+            results.update(_phase_p50(name, writer.phase_history))
         results["validated_vs_parse"] = results["validated_eps"] / results["parse_only_eps"]
         results["validated_vs_passthrough"] = results["validated_eps"] / results["passthrough_eps"]
         results["datafied_vs_validated"] = results["datafied_eps"] / results["validated_eps"]

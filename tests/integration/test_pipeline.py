@@ -10,7 +10,9 @@ from datetime import datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
+from pipelines.config import REPO_ROOT
 from pipelines.crfm.job import run_functional
+from pipelines.crom.orders import read_rates
 from pipelines.crom.ingest import run_ingest, start_ingest
 from pipelines.crom.text import score_texts
 from pipelines.crsm.job import run_strategic
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 SEED = 1234
 FIRST, SECOND = 3000, 800
+RATES = read_rates(REPO_ROOT / "conf" / "currency_rates.csv")
 
 
 @pytest.fixture
@@ -32,6 +35,13 @@ def stack(kafka, profile, directives):
     profile = profile.model_copy(update={"kafka": kprofile.kafka})
     ensure_topics(profile.kafka.bootstrap_servers, directives.only("operational").directive.sources)
     return profile
+
+
+def _in_eur(amount: float, currency: str, event_time: str) -> float:
+    """The oracle for amount_base: the rate row in force on the order's date, read straight from conf/."""
+    day = datetime.fromisoformat(event_time).date()
+    in_force = [r for r in RATES.rates if r.currency == currency and r.valid_from <= day]
+    return round(amount / max(in_force, key=lambda r: r.valid_from).units_per_base, 2)
 
 
 def _ingest(spark, profile, directives):
@@ -132,6 +142,19 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     mentioned = [r for r in social if "@brand" in r["text"]]
     assert mentioned and all(r["brands"] == ["Brand"] and r["mentions_hmac"][0] != "@brand" for r in mentioned)
 
+    # Orders became columns: base-currency amounts from conf/'s rates, line items, promotions.
+    orders = {json.loads(e.value)["event_id"]: json.loads(e.value) for e in events if e.source == "transaction" and e.kind in SILVER_KINDS}
+    rows = read(tables.silver["transaction"]).collect()
+    assert rows and {r["currency"] for r in rows} == {"EUR", "USD", "GBP"}
+    for r in rows:
+        o = orders[r["event_id"]]
+        subtotal = sum(i["quantity"] * i["unit_price"] for i in o["items"])
+        assert r["amount_base"] == pytest.approx(_in_eur(o["amount"], o["currency"], o["event_time"]), abs=0.006)
+        assert (r["base_currency"], r["item_count"], r["units"]) == ("EUR", len(o["items"]), sum(i["quantity"] for i in o["items"]))
+        assert (r["skus"], r["products"]) == ([i["sku"] for i in o["items"]], [i["product"] for i in o["items"]])
+        assert r["promoted"] == (o["promotion_code"] is not None)
+        assert r["discount"] == pytest.approx(subtotal - o["amount"], abs=0.006)
+
     # Nothing new: a rerun adds nothing anywhere.
     _ingest(spark, profile, directives)
     assert read(tables.bronze).count() == FIRST
@@ -161,7 +184,7 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     spend = defaultdict(float)
     for o in in_window:
         freq[o["customer_id"]] += 1
-        spend[o["customer_id"]] += o["amount"]
+        spend[o["customer_id"]] += _in_eur(o["amount"], o["currency"], o["event_time"])
     for customer, n in freq.items():
         assert params[customer]["frequency_90d"] == n
         assert params[customer]["monetary_sum_90d"] == pytest.approx(spend[customer])

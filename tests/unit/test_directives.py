@@ -190,3 +190,35 @@ def test_bad_text_mining_is_refused(tree: Path, change, message):
     _edit(path, lambda d: d["sources"]["social"]["datafy"]["text"].update(change))
     with pytest.raises(CrmError, match=message):
         _load(tree)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(amount="currency"), r"sources.transaction.datafy.orders.amount: 'currency' is not a double or bigint field of transaction.v1"),
+        (dict(items="order_id"), r"sources.transaction.datafy.orders.items: 'order_id' is not an array of line items"),
+        (dict(rates="conf/none.csv"), r"conf/none.csv: cannot read the currency rate table"),
+        (dict(rates="conf/local.yaml"), r"conf/local.yaml: the header must be currency,units_per_base,valid_from"),
+        (dict(fx="ecb"), r"sources.transaction.datafy.orders.fx"),
+    ],
+)
+def test_bad_order_datafication_is_refused(tree: Path, change, message):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["transaction"]["datafy"]["orders"].update(change))
+    with pytest.raises(CrmError, match=message):
+        _load(tree)
+
+
+def test_rate_table_missing_an_allowed_currency_is_refused(tree: Path, tmp_path: Path):
+    rates = tmp_path / "rates.csv"
+    rates.write_text("currency,units_per_base,valid_from\nEUR,1,2000-01-01\nUSD,1.1,2000-01-01\n")
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["transaction"]["datafy"]["orders"].update(rates=str(rates)))
+    with pytest.raises(CrmError, match=r"datafy.orders.rates: .*rates.csv has no rate for \['GBP'\], which transaction.v1 allows"):
+        _load(tree)
+
+
+def test_parameter_on_a_derived_column_needs_its_datafy_block(tree: Path):
+    _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["transaction"].pop("datafy"))
+    with pytest.raises(CrmError, match=r"parameters\[1\] \(monetary_sum_90d\): column: 'amount_base' is not a field of transaction.v1 nor derived"):
+        _load(tree)
