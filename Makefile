@@ -46,4 +46,4 @@ eval: $(INSTALLED)
 
 clean:
 	-$(BIN)/crm broker stop
-	rm -rf .lakehouse .checkpoints .broker bench-results.json bench-results.md eval-results.json
+	rm -rf .lakehouse .checkpoints .broker bench-results.json bench-results.md eval-results.json eval-top-pages.json

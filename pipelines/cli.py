@@ -100,6 +100,23 @@ def cmd_produce(args, profile: Profile) -> int:
     return 0
 
 
+def cmd_replay(args, profile: Profile) -> int:
+    from pipelines.config import sample_data
+    from pipelines.replay import replay
+    from pipelines.topics import ensure_topics
+
+    operational = _check_all(profile).only("operational").directive
+    ensure_topics(profile.kafka.bootstrap_servers, operational.sources)
+    root = args.path or sample_data() / args.dataset
+    counts = replay(
+        profile.kafka.bootstrap_servers, args.dataset, root, {name: src.topic for name, src in operational.sources.items()}, args.limit
+    )
+    print(f"replayed {args.dataset} from {root}:")
+    for what, n in sorted(counts.items()):
+        print(f"  {what:<12} {n:>9,}")
+    return 0
+
+
 def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
     from pipelines.crom.ingest import run_ingest
 
@@ -111,6 +128,27 @@ def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
 def cmd_ingest(args, profile: Profile) -> int:
     directives = _check_all(profile)
     _ingest(_spark(profile, "crom-ingest"), profile, directives, args.until_caught_up)
+    return 0
+
+
+def _resolve(spark, profile: Profile, directives) -> None:
+    from pipelines.crom.resolve import run_identities, run_web_sessions
+
+    operational = directives.only("operational")
+    run = run_identities(spark, profile, operational, directives.schemas)
+    state = lambda skipped: "up to date, nothing new" if skipped else "rebuilt"  # noqa: E731
+    conflicts = ", ".join(f"{kind} {n:,}" for kind, n in sorted(run.conflicts.items())) or "none"
+    print(
+        f"identity map: {run.keys:,} keys, {run.resolved:,} resolved to one customer, {run.anonymous:,} anonymous; "
+        f"conflicts (claimed by several customers, left unresolved): {conflicts} ({state(run.skipped)}) -> {run.table}"
+    )
+    for s in run_web_sessions(spark, profile, operational, directives.schemas):
+        print(f"web sessions: {s.sessions:,} sessions of {s.visitors:,} visitors, {s.bot_sessions:,} by bots ({state(s.skipped)}) -> {s.table}")
+
+
+def cmd_resolve(args, profile: Profile) -> int:
+    directives = _check_all(profile)
+    _resolve(_spark(profile, "crom-resolve"), profile, directives)
     return 0
 
 
@@ -210,6 +248,7 @@ def cmd_demo(args, profile: Profile) -> int:
         manifest = _produce(profile, directives, args.events, args.seed, args.bad_fraction, None, "auto")
         spark = _spark(profile, "crm-demo")
         _ingest(spark, profile, directives, until_caught_up=True)
+        _resolve(spark, profile, directives)
         _functional(spark, profile, directives)
         _print_summary(spark, profile, directives, manifest)
         _strategic(spark, profile, directives)
@@ -253,6 +292,7 @@ def _print_summary(spark, profile: Profile, directives, manifest) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.replay import DATASETS
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--conf", default="local", help="profile in conf/ (default: local)")
 
@@ -276,9 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", default="0", help="index of the first event, or 'auto' to continue after what the topics hold")
     p.set_defaults(func=cmd_produce)
 
+    p = sub.add_parser("replay", parents=[common], help="send a real public data set to the source topics")
+    p.add_argument("dataset", choices=sorted(DATASETS))
+    p.add_argument("--path", type=Path, help="the data set's folder (default: CRM_SAMPLE_DATA or ../shared/data, then the data set's name)")
+    p.add_argument("--limit", type=int, help="send only the first N records")
+    p.set_defaults(func=cmd_replay)
+
     p = sub.add_parser("ingest", parents=[common], help="run CROM: Kafka -> bronze, silver, quarantine")
     p.add_argument("--until-caught-up", action="store_true", help="process what is there, then exit (for cron/Airflow)")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("resolve", parents=[common], help="run CROM's cross-batch step: silver -> identity map and web sessions")
+    p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("functional", parents=[common], help="run CRFM: silver -> functional parameters")
     p.set_defaults(func=cmd_functional)

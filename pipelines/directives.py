@@ -178,20 +178,36 @@ class OrderFacts(_Strict):
     )
 
 
+class WebFacts(_Strict):
+    """Page, referrer, campaign, device, browser and bot flag (see pipelines.crom.web)."""
+
+    page: str = Field(default="page", description="The page path or URL.")
+    referrer: str = Field(default="referrer", description="The referring URL, null or '-' if none.")
+    user_agent: str = Field(default="user_agent")
+    utm_source: str | None = Field(default=None, description="A utm_source field; without one, the page URL's query is read.")
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    site_hosts: list[str] = Field(default=[], description="The site's own hosts: referrers from them are 'internal'.")
+    visitor: str | None = Field(default=None, description="The field naming the visitor (e.g. a cookie id); sessions need it.")
+    session_gap_minutes: int = Field(default=30, ge=1, description="A pause longer than this ends a visitor's session.")
+
+
 class Datafy(_Strict):
     """Structured fields derived from unstructured ones, per source."""
 
     logs: LogMining | None = None
     text: TextMining | None = None
     orders: OrderFacts | None = None
+    web: WebFacts | None = None
 
     def derived_fields(self) -> tuple[T.StructField, ...]:
         """The silver columns these derivations add, in table order."""
         from pipelines.crom.logs import TEMPLATE_FIELDS
         from pipelines.crom.orders import ORDER_FIELDS
         from pipelines.crom.text import TEXT_FIELDS
+        from pipelines.crom.web import WEB_FIELDS
 
-        chosen = ((self.logs, TEMPLATE_FIELDS), (self.text, TEXT_FIELDS), (self.orders, ORDER_FIELDS))
+        chosen = ((self.logs, TEMPLATE_FIELDS), (self.text, TEXT_FIELDS), (self.orders, ORDER_FIELDS), (self.web, WEB_FIELDS))
         return tuple(f for mining, fields in chosen if mining is not None for f in fields)
 
 
@@ -377,6 +393,12 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
         field = schema.field(mining.field) if mining is not None else None
         if mining is not None and (field is None or field.spark_type != T.StringType()):
             raise CrmError(f"{ref.path}: sources.{source}.datafy.{kind}.field: {mining.field!r} is not a string field of {schema.name}")
+    web = src.datafy.web
+    named = {} if web is None else {k: getattr(web, k) for k in ("page", "referrer", "user_agent", "utm_source", "utm_medium", "utm_campaign", "visitor")}
+    for key, name in named.items():
+        field = schema.field(name) if name is not None else None
+        if name is not None and (field is None or field.spark_type != T.StringType()):
+            raise CrmError(f"{ref.path}: sources.{source}.datafy.web.{key}: {name!r} is not a string field of {schema.name}")
     if src.datafy.orders is not None:
         _check_orders(f"{ref.path}: sources.{source}.datafy.orders", src.datafy.orders, schema)
     if schema.field(ref.directive.watermark.column) is None:

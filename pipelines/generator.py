@@ -7,6 +7,7 @@ CROM should do with it (`kind`), which tests and the demo use to check exact cou
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
@@ -90,6 +91,7 @@ class Customer:
     customer_id: str
     email: str
     phone: str
+    card: str  # a Luhn-valid test number: personal data the pipeline must never store
     handle: str
     cookie_id: str
     country: str
@@ -111,6 +113,15 @@ class GeneratedEvent:
     value: bytes
 
 
+def _card_number(seed: int, n: int) -> str:
+    """A Luhn-valid 16-digit test card number, grouped by four, from a hash (no draw from the
+    customers' random stream, so every other attribute stays as it was)."""
+    body = "4" + str(int(hashlib.sha256(f"card:{seed}:{n}".encode()).hexdigest(), 16))[:14]
+    total = sum(d if i % 2 else sum(divmod(2 * d, 10)) for i, d in enumerate(int(ch) for ch in reversed(body)))
+    number = body + str(-total % 10)
+    return " ".join(number[i : i + 4] for i in range(0, 16, 4))
+
+
 def population(seed: int, size: int = POPULATION) -> list[Customer]:
     """The customers behind the events, with identification and descriptive attributes."""
     rng = random.Random(f"population:{seed}")
@@ -122,6 +133,7 @@ def population(seed: int, size: int = POPULATION) -> list[Customer]:
                 customer_id=f"C{n:06d}",
                 email=f"{first}.{last}{n}@example.com",
                 phone=f"+49 151 {rng.randrange(10**7, 10**8)}",
+                card=_card_number(seed, n),
                 handle=f"@{first}{last}{n}",
                 cookie_id=uuid.UUID(int=rng.getrandbits(128), version=4).hex,
                 country=rng.choice(tuple(COUNTRIES)),
@@ -283,6 +295,7 @@ class EventStream:
             "currency": COUNTRIES[c.country],
             "amount": round(gross * (1 - PROMOTIONS.get(promo, 0.0)), 2),
             "promotion_code": promo,
+            "payment_card": c.card,
             "items": items,
         }
 

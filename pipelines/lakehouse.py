@@ -6,6 +6,7 @@ import logging
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.errors import CrmError
@@ -28,6 +29,25 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType) -> None:
         return
     _clear_interrupted_create(spark, path)
     DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
+
+
+def table_version(spark: SparkSession, path: str) -> int:
+    """The latest Delta version of a CROM table another job reads; a clear error if ingest never ran."""
+    if not DeltaTable.isDeltaTable(spark, path):
+        raise CrmError(f"table {path} does not exist yet; run `crm ingest --until-caught-up` first")
+    return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
+
+
+def overwrite_unless_current(spark: SparkSession, path: str, source_version: int, build) -> bool:
+    """Overwrite the table at `path` with `build()` plus a `source_version` column, unless it
+    already holds that version; True if it was rebuilt. For tables derived whole from others."""
+    if DeltaTable.isDeltaTable(spark, path):
+        done = spark.read.format("delta").load(path).agg(F.max("source_version")).first()[0]
+        if done == source_version:
+            return False
+    frame = build().withColumn("source_version", F.lit(source_version).cast("long"))
+    frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    return True
 
 
 def _clear_interrupted_create(spark: SparkSession, path: str) -> None:

@@ -16,8 +16,11 @@ from pyspark.sql import types as T
 from pipelines.errors import CrmError
 
 DATA_CLASSES = ("identification", "descriptive", "probe", "transactional", "conversed")
-# hmac: replaced by a keyed pseudonym; scrub: free text kept, emails, phones and cards masked
-PII_TREATMENTS = ("hmac", "scrub")
+# hmac: replaced by a keyed pseudonym; scrub: free text kept, emails, phones and cards masked;
+# card: a payment card number, kept as a keyed token plus its last four digits
+PII_TREATMENTS = ("hmac", "scrub", "card")
+# x-crm-key: the kind of customer key a field holds, for identity resolution (pipelines.crom.identity)
+IDENTITY_KEYS = ("customer", "email", "phone", "cookie", "device", "handle")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class FieldSpec:
     required: bool
     data_class: str
     pii: str | None
+    identity: str | None = None  # x-crm-key
+    phone_region: str | None = None  # x-crm-phone-region: the field with the country of a national number
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,8 @@ class EventSchema:
 
     @property
     def pii_fields(self) -> tuple[str, ...]:
-        """Fields whose values are identifiers, pseudonymised whole."""
-        return tuple(f.name for f in self.fields if f.pii == "hmac")
+        """Fields whose values are personal data replaced whole (identifiers, card numbers)."""
+        return tuple(f.name for f in self.fields if f.pii in ("hmac", "card"))
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -93,9 +98,16 @@ def parse_schema(name: str, document: dict, where: str) -> EventSchema:
         pii = prop.get("x-crm-pii")
         if pii is not None and pii not in PII_TREATMENTS:
             raise CrmError(f"{where}: properties.{key}: x-crm-pii must be one of {PII_TREATMENTS}")
-        fields.append(
-            FieldSpec(key, to_spark_type(prop, f"{where}: properties.{key}"), key in required, data_class, pii)
-        )
+        identity = prop.get("x-crm-key")
+        if identity is not None and identity not in IDENTITY_KEYS:
+            raise CrmError(f"{where}: properties.{key}: x-crm-key must be one of {IDENTITY_KEYS}")
+        if identity not in (None, "customer") and pii != "hmac":
+            raise CrmError(f"{where}: properties.{key}: x-crm-key {identity!r} is personal data and needs x-crm-pii: hmac")
+        region = prop.get("x-crm-phone-region")
+        if region is not None and (identity != "phone" or region not in props):
+            raise CrmError(f"{where}: properties.{key}: x-crm-phone-region must name another property, on a phone key")
+        spark_type = to_spark_type(prop, f"{where}: properties.{key}")
+        fields.append(FieldSpec(key, spark_type, key in required, data_class, pii, identity, region))
     source = props.get("source", {}).get("const")
     version = props.get("schema_version", {}).get("const")
     if not isinstance(source, str) or not isinstance(version, int):

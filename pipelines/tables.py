@@ -19,7 +19,9 @@ class CromTables:
     late: str
     validation_results: str
     batch_audit: str
+    identity_map: str
     silver: dict[str, str]
+    web_sessions: dict[str, str]  # per web source with a visitor field
     state: Path  # job state that travels with the tables, e.g. the log template miner's
 
     def log_templates_state(self, source: str) -> Path:
@@ -34,7 +36,9 @@ class CromTables:
             late=profile.table_path("crom", "late_events"),
             validation_results=profile.table_path("crom", "validation_results"),
             batch_audit=profile.table_path("crom", "batch_audit"),
+            identity_map=profile.table_path("crom", "identity_map"),
             silver={s: silver_table(profile, s) for s in sources},
+            web_sessions={s: profile.table_path("crom", f"web_sessions_{s}") for s in sources},
             state=Path(profile.table_path("crom", "_state")),
         )
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Profile
 from pipelines.crfm.parameters import check_plan, customer_parameters, newest_event
 from pipelines.directives import UNTRUSTED, DirectiveSet, Loaded
-from pipelines.errors import CrmError
+from pipelines.lakehouse import overwrite_unless_current, table_version
 from pipelines.tables import functional_table, silver_table
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,6 @@ class FunctionalRun:
     skipped: bool
 
 
-def _table_version(spark: SparkSession, path: str) -> int:
-    if not DeltaTable.isDeltaTable(spark, path):
-        raise CrmError(f"silver table {path} does not exist yet; run `crm ingest --until-caught-up` first")
-    return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
-
-
 def trusted(silver, include_untrusted: bool):
     """Silver rows the directive accepts: events of unknown producers only when it says so (V5)."""
     return silver if include_untrusted else silver.where(F.col("trust_level") != F.lit(UNTRUSTED))
@@ -46,27 +39,24 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     sources = sorted({p.source for p in directive.parameters})
     paths = {s: silver_table(profile, s) for s in sources}
     # Versions only grow, so their sum identifies the input state and grows with it.
-    source_version = sum(_table_version(spark, paths[s]) for s in sources)
+    source_version = sum(table_version(spark, paths[s]) for s in sources)
     silver = {s: trusted(spark.read.format("delta").load(p), directive.include_untrusted) for s, p in paths.items()}
     check_plan(spark, directive, {s: df.schema for s, df in silver.items()}, str(functional.path))
 
     out = functional_table(profile, directive.id)
-    if DeltaTable.isDeltaTable(spark, out):
-        current = spark.read.format("delta").load(out)
-        done = current.agg(F.max("source_version")).first()[0]
-        if done == source_version:
-            return FunctionalRun(out, current.count(), source_version, skipped=True)
 
-    as_of = newest_event(silver, sources)
-    params = customer_parameters(silver, directive, as_of).select(
-        "*",
-        as_of.alias("as_of"),
-        F.lit(source_version).cast("long").alias("source_version"),
-        F.lit(directive.id).alias("directive_id"),
-        F.lit(directive.version).alias("directive_version"),
-        F.current_timestamp().alias("computed_at"),
-    )
-    params.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(out)
+    def parameters():
+        as_of = newest_event(silver, sources)
+        return customer_parameters(silver, directive, as_of).select(
+            "*",
+            as_of.alias("as_of"),
+            F.lit(directive.id).alias("directive_id"),
+            F.lit(directive.version).alias("directive_version"),
+            F.current_timestamp().alias("computed_at"),
+        )
+
+    if not overwrite_unless_current(spark, out, source_version, parameters):
+        return FunctionalRun(out, spark.read.format("delta").load(out).count(), source_version, skipped=True)
     customers = spark.read.format("delta").load(out).count()
     log.info("functional %s: %d customers from silver version %d", directive.id, customers, source_version)
     return FunctionalRun(out, customers, source_version, skipped=False)

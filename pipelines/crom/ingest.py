@@ -28,6 +28,7 @@ from pipelines.crom.orders import datafy_orders, read_rates
 from pipelines.crom.parse import Parser
 from pipelines.crom.sentiment_model import load_model
 from pipelines.crom.text import datafy_text
+from pipelines.crom.web import datafy_web
 from pipelines.crom.validate import RESULTS_SCHEMA, BatchValidator, compile_rules, failures_that_stop, prefixed
 from pipelines.directives import UNTRUSTED, Loaded
 from pipelines.errors import CrmError
@@ -270,7 +271,8 @@ class BatchWriter:
         return late.agg(*per_source).first().asDict()
 
     def _datafied(self, rows: DataFrame, source: str) -> DataFrame:
-        """New silver rows plus the source's datafied columns; only rows that are kept are mined."""
+        """New silver rows plus the source's datafied columns, in Datafy.derived_fields' order;
+        only rows that are kept are mined."""
         datafy = self.directive.sources[source].datafy
         if datafy.logs is not None:
             rows = mine_templates(rows, datafy.logs.field, datafy.logs.layout, self.tables.log_templates_state(source))
@@ -279,6 +281,10 @@ class BatchWriter:
         if datafy.orders is not None:
             o = datafy.orders
             rows = datafy_orders(rows, self.rate_tables[source], o.amount, o.currency, o.items, o.promotion, self.time_column)
+        if datafy.web is not None:
+            w = datafy.web
+            utm = {"source": w.utm_source, "medium": w.utm_medium, "campaign": w.utm_campaign}
+            rows = datafy_web(rows, w.page, w.referrer, w.user_agent, utm, w.site_hosts)
         return rows
 
     def _new_silver_rows(self, on_time: DataFrame, source: str, batch_id: int, mark: datetime | None) -> DataFrame:

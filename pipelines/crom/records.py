@@ -8,8 +8,8 @@ from pyspark.sql import types as T
 
 from pipelines.crom.parse import EXPECTATION_FAILED
 from pipelines.directives import UNTRUSTED, Trust
-from pipelines.privacy import hmac_sha256, mask_payload, normalise_identifier, scrub_text
-from pipelines.schemas import EventSchema
+from pipelines.privacy import card_token, hmac_sha256, mask_payload, normalise_identifier, normalise_phone, scrub_text
+from pipelines.schemas import EventSchema, FieldSpec
 
 KAFKA_METADATA = [
     T.StructField("kafka_topic", T.StringType(), True),
@@ -80,12 +80,18 @@ def hashed_name(field: str) -> str:
     return f"{field}_hmac"
 
 
+def card_names(field: str) -> tuple[str, str]:
+    """The silver columns of a card number: its token and its last four digits."""
+    return f"{field}_token", f"{field}_last4"
+
+
 def silver_schema(schema: EventSchema, derived: tuple[T.StructField, ...] = ()) -> T.StructType:
     """The silver table of a source; `derived` are datafied columns (e.g. log templates), last."""
-    fields = [
-        T.StructField(hashed_name(f.name), T.StringType(), True) if f.pii == "hmac" else T.StructField(f.name, f.spark_type, True)
-        for f in schema.fields
-    ]
+    as_stored = {
+        "hmac": lambda f: [T.StructField(hashed_name(f.name), T.StringType(), True)],
+        "card": lambda f: [T.StructField(name, T.StringType(), True) for name in card_names(f.name)],
+    }
+    fields = [c for f in schema.fields for c in as_stored.get(f.pii, lambda f: [T.StructField(f.name, f.spark_type, True)])(f)]
     extra = [
         T.StructField("trust_level", T.StringType(), True),
         T.StructField("warn_flags", T.ArrayType(T.StringType()), True),
@@ -178,21 +184,30 @@ def trust_level(source: str, trust: Trust) -> Column:
 
 
 def to_silver(staged: DataFrame, source: str, schema: EventSchema, trust: Trust, key: bytes, batch_id: int) -> DataFrame:
-    """Valid rows of one source -> silver columns; identifiers become keyed HMAC pseudonyms
-    and free text declared `scrub` loses its emails, phones and card numbers."""
+    """Valid rows of one source -> silver columns; identifiers become keyed HMAC pseudonyms,
+    card numbers a token and their last four digits, and free text declared `scrub` loses its
+    emails, phones and card numbers."""
     event = lambda name: F.col(f"{source}.{name}")  # noqa: E731
     treated = {
-        "hmac": lambda f: hmac_sha256(normalise_identifier(event(f.name)), key).alias(hashed_name(f.name)),
-        "scrub": lambda f: scrub_text(event(f.name)).alias(f.name),
-        None: lambda f: event(f.name).alias(f.name),
+        "hmac": lambda f: [hmac_sha256(_identifier(f, event), key).alias(hashed_name(f.name))],
+        "scrub": lambda f: [scrub_text(event(f.name)).alias(f.name)],
+        "card": lambda f: [c.alias(name) for c, name in zip(card_token(event(f.name), key), card_names(f.name))],
+        None: lambda f: [event(f.name).alias(f.name)],
     }
-    columns = [treated[f.pii](f) for f in schema.fields]
+    columns = [c for f in schema.fields for c in treated[f.pii](f)]
     return staged.where(routed_valid(source)).select(
         *columns,
         trust_level(source, trust).alias("trust_level"),
         F.col(WARN_FLAGS).alias("warn_flags"),
         *_metadata(batch_id),
     )
+
+
+def _identifier(field: FieldSpec, event) -> Column:
+    """An identifier as it is hashed: phones in E.164 (so every way of writing one links), others case-folded."""
+    if field.identity == "phone":
+        return normalise_phone(event(field.name), event(field.phone_region) if field.phone_region else None)
+    return normalise_identifier(event(field.name))
 
 
 def to_late(silver_rows: DataFrame, source: str, watermark_column: str, watermark) -> DataFrame:

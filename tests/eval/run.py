@@ -5,11 +5,13 @@
 - Airline tweets (tweets_dev.csv): accuracy and macro-F1 of the sentiment models
   (pipelines.crom.text), cross-validated, next to VADER's and TF-IDF's published figures;
   complaint flags and reasons against the labelled negative reasons.
+- Apache access log (apache_logs): bot share, 30-minute gap sessions and top pages of the
+  web datafication (pipelines.crom.web).
 
 Results merge into eval-results.json (keys from other evaluations are kept). The data is
 read from CRM_SAMPLE_DATA (default ../shared/data); see its README for the sources.
 
-    python -m tests.eval.run [--only loghub] [--only airline-tweets]
+    python -m tests.eval.run [--only loghub] [--only airline-tweets] [--only apache-access]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -32,10 +35,13 @@ from pipelines.config import CONF_DIR, REPO_ROOT, load_profile, sample_data
 from pipelines.crom.logs import LogTemplates
 from pipelines.crom.sentiment_model import predict_sentiment, train_sentiment
 from pipelines.crom.text import score_texts
+from pipelines.crom.web import datafy_web, sessionise, sessions
+from pipelines.replay import apache_access as replay_apache_access
 from pipelines.spark import get_spark
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 RESULTS = REPO_ROOT / "eval-results.json"
+TOP_PAGES = REPO_ROOT / "eval-top-pages.json"  # names, which eval-results.json (numbers) cannot hold
 
 # Drain's grouping accuracy on the Loghub 2k samples (Zhu et al. 2019, ICSE-SEIP).
 DRAIN_PUBLISHED = {
@@ -181,7 +187,57 @@ def airline_tweets(data: Path) -> dict[str, float]:
     return results
 
 
-EVALUATIONS = {"loghub": loghub, "airline-tweets": airline_tweets}
+STATIC_ASSET = r"\.(png|jpe?g|gif|ico|svg|css|js|woff2?|ttf|eot|map|xml|txt|gz|zip|pdf)$"
+
+
+def apache_access(data: Path) -> dict[str, float]:
+    """Web datafication on a real access log: bot share, gap sessions and top pages.
+
+    The data set publishes no figures for these, so they are reported, not compared; the
+    unit tests check the same code on a hand-checked slice of this log.
+    """
+    parsed = list(replay_apache_access(data / "apache-access"))
+    events = [r.event for r in parsed if r.event is not None]
+    print(f"  {len(parsed):,} lines, {len(events):,} in combined format")
+    spark = get_spark(load_profile("local"), "crm-eval-web")
+    spark.sparkContext.setLogLevel("ERROR")
+    frame = spark.createDataFrame(
+        [(e["event_id"], datetime.fromisoformat(e["event_time"]), e["cookie_id"], e["page"], e["referrer"], e["user_agent"]) for e in events],
+        "event_id string, event_time timestamp, visitor string, page string, referrer string, user_agent string",
+    )
+    web = datafy_web(frame, "page", "referrer", "user_agent", {}, site_hosts=["semicomplete.com"])
+    marked = sessionise(web, "visitor", "event_time", "event_id").cache()
+    per_session = sessions(marked, "visitor", "event_time").cache()
+    requests = marked.agg(F.count(F.lit(1)), F.count(F.when(F.col("is_bot"), 1)), F.count_distinct("visitor")).first()
+    human = per_session.where(~F.col("is_bot"))
+    totals = per_session.agg(F.count(F.lit(1)), F.count(F.when(F.col("is_bot"), 1))).first()
+    events_per_session = [r[0] for r in human.select("events").collect()]  # one number per session, ~2k
+    top = (
+        marked.where(~F.col("is_bot") & ~F.lower("page_path").rlike(STATIC_ASSET))
+        .groupBy("page_path").count().orderBy(F.desc("count"), "page_path").limit(5).collect()
+    )  # fmt: skip
+    devices = {r["device_type"]: r["count"] for r in marked.groupBy("device_type").count().collect()}
+    results = {
+        "access_log_lines": len(parsed),
+        "access_log_parsed": len(events),
+        "access_bot_request_share": requests[1] / requests[0],
+        "access_visitors": requests[2],
+        "access_sessions": totals[0],
+        "access_bot_session_share": totals[1] / totals[0],
+        "access_human_events_per_session_p50": statistics.median(events_per_session),
+        **{f"access_device_share_{k}": v / requests[0] for k, v in devices.items()},
+        **{f"access_top_page_{i}_views": r["count"] for i, r in enumerate(top, start=1)},
+    }
+    print(f"  bot share: {results['access_bot_request_share']:.3f} of requests, {results['access_bot_session_share']:.3f} of sessions")
+    print(f"  {totals[0]:,} sessions (30-minute gap) of {requests[2]:,} visitors (client address + agent)")
+    print("  top pages (people, no static assets): " + ", ".join(f"{r['page_path']} {r['count']}" for r in top))
+    TOP_PAGES.write_text(json.dumps([{"page": r["page_path"], "views": r["count"]} for r in top], indent=2) + "\n")
+    marked.unpersist()
+    per_session.unpersist()
+    return results
+
+
+EVALUATIONS = {"loghub": loghub, "airline-tweets": airline_tweets, "apache-access": apache_access}
 
 
 def main() -> None:

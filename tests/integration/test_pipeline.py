@@ -3,6 +3,8 @@ CRFM and CRSM, with exact row counts checked against what the generator injected
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
@@ -13,11 +15,13 @@ from pyspark.sql import functions as F
 from pipelines.config import REPO_ROOT
 from pipelines.crfm.job import run_functional
 from pipelines.crom.orders import read_rates
+from pipelines.crom.resolve import run_identities, run_web_sessions
+from pipelines.privacy import hmac_key, phone_key
 from pipelines.crom.ingest import run_ingest, start_ingest
 from pipelines.crom.text import score_texts
 from pipelines.crsm.job import run_strategic
 from pipelines.errors import CrmError
-from pipelines.generator import COMPLAINTS, LOG_LINES, NEUTRAL, POSITIVE, PRODUCTS, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
+from pipelines.generator import COMPLAINTS, LOG_LINES, PRODUCTS, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
 from pipelines.tables import CromTables, functional_table
 from pipelines.topics import ensure_topics
 
@@ -42,6 +46,26 @@ def _in_eur(amount: float, currency: str, event_time: str) -> float:
     day = datetime.fromisoformat(event_time).date()
     in_force = [r for r in RATES.rates if r.currency == currency and r.valid_from <= day]
     return round(amount / max(in_force, key=lambda r: r.valid_from).units_per_base, 2)
+
+
+def _claims(events, key: bytes) -> dict[tuple[str, str], set[str]]:
+    """The oracle for the identity map: key -> customers, from the events' own fields."""
+    pseudonym = lambda value: hmac.new(key, value.encode(), hashlib.sha256).hexdigest()  # noqa: E731
+    claims = defaultdict(set)
+    for e in events:
+        r = json.loads(e.value)
+        if e.source == "transaction":
+            keys = [("email", r["customer_email"].strip(" ").lower())]
+            keys += [("phone", phone_key(r["customer_phone"], r["customer_country"]))] if r["customer_phone"] else []
+        elif e.source == "web":
+            keys = [("cookie", r["cookie_id"].strip(" ").lower())]
+        elif e.source == "social":
+            keys = [("handle", r["handle"].strip(" ").lower())]
+        else:
+            keys = []
+        for kind, value in keys:
+            claims[(kind, pseudonym(value))].update([r["customer_id"]] if r["customer_id"] else [])
+    return claims
 
 
 def _ingest(spark, profile, directives):
@@ -154,6 +178,8 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
         assert (r["skus"], r["products"]) == ([i["sku"] for i in o["items"]], [i["product"] for i in o["items"]])
         assert r["promoted"] == (o["promotion_code"] is not None)
         assert r["discount"] == pytest.approx(subtotal - o["amount"], abs=0.006)
+        assert r["payment_card_last4"] == o["payment_card"][-4:] and len(r["payment_card_token"]) == 64
+    assert "payment_card" not in read(tables.silver["transaction"]).columns
 
     # Nothing new: a rerun adds nothing anywhere.
     _ingest(spark, profile, directives)
@@ -194,6 +220,19 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     complained = Counter(p["customer_id"] for p in posts if p["customer_id"] and p["text"] in complaints and recent(p))
     assert complained and all(params[c]["complaints_30d"] == n for c, n in complained.items())
     assert sum(r["complaints_30d"] or 0 for r in params.values()) == sum(complained.values())
+
+    # CROM identity map: each key resolves to the customers the generated events give it, and
+    # a key claimed by several customers is a counted conflict, not a merge.
+    identities = run_identities(spark, profile, directives.only("operational"), directives.schemas)
+    claims = _claims([e for e in events + more if e.kind in SILVER_KINDS and e.event_id in silver2[e.source]], hmac_key(profile.cache))
+    got = {(r["key_type"], r["key_hash"]): r for r in read(tables.identity_map).collect()}
+    assert {k: r["claimants"] for k, r in got.items()} == {k: sorted(c) for k, c in claims.items()}
+    assert all(r["resolved_customer_id"] == (r["claimants"][0] if len(r["claimants"]) == 1 else None) for r in got.values())
+    conflicts = Counter(kind for (kind, _), c in claims.items() if len(c) > 1)
+    assert identities.conflicts == dict(conflicts) and identities.keys == len(claims)
+    assert run_identities(spark, profile, directives.only("operational"), directives.schemas).skipped
+    [web_sessions] = run_web_sessions(spark, profile, directives.only("operational"), directives.schemas)
+    assert web_sessions.visitors == sum(kind == "cookie" for kind, _ in claims) and web_sessions.sessions >= web_sessions.visitors
 
     # CRSM: every KPI of the strategic directive, with its target and verdict.
     strategic = directives.only("strategic")

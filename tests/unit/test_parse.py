@@ -29,6 +29,7 @@ GOOD = {
     "currency": "EUR",
     "amount": 12.5,
     "promotion_code": None,
+    "payment_card": "4111 1111 1111 1111",
     "items": [{"sku": "S1", "product": "Cable", "quantity": 1, "unit_price": 12.5}],
 }
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import pytest
 from pyspark.sql import functions as F
 
-from pipelines.privacy import hmac_key, hmac_sha256, mask_payload, normalise_identifier
+from pipelines.privacy import card_token, hmac_key, hmac_sha256, mask_payload, normalise_identifier, scrub_text
 
 
 def test_hmac_matches_python(spark):
@@ -41,3 +42,30 @@ def test_local_key_is_created_once_and_env_wins(tmp_path, monkeypatch):
     assert (tmp_path / "secrets" / "hmac.key").stat().st_mode & 0o077 == 0
     monkeypatch.setenv("CRM_HMAC_KEY", "from-env")
     assert hmac_key(tmp_path) == b"from-env"
+
+
+@pytest.mark.parametrize(
+    "text, kept",
+    [
+        ("call +44 20 7946 0991 today", "call <phone> today"),
+        ("call 020 7946 0991 today", "call <phone> today"),
+        ("call 0151 12345678 today", "call <phone> today"),
+        ("call (415) 555-2671 or 415-555-2671", "call <phone> or <phone>"),
+        ("card 4111 1111 1111 1111, exp 12/27", "card <card>, exp 12/27"),
+        ("mail A.Person@Example.org now", "mail <email> now"),
+        # What is not personal data stays: times, dates, amounts, order ids, versions, addresses.
+        ("2026-06-01T10:00:00.000+00:00 order O000123456 paid 129.00 EUR", None),
+        ("at 10:05:03 from 83.149.9.216 GET /a?id=1234567 HTTP/1.1 took 250 ms", None),
+    ],
+)  # fmt: skip
+def test_scrub_text_masks_each_kind_and_only_those(spark, text, kept):
+    scrubbed = spark.createDataFrame([(text,)], "t string").select(scrub_text(F.col("t"))).first()[0]
+    assert scrubbed == (kept if kept is not None else text)
+
+
+def test_cards_become_a_token_and_their_last_four_digits(spark):
+    df = spark.createDataFrame([("4111 1111 1111 1111",), ("4111-1111-1111-1111",), ("4568437014797450",), ("12-34",), (None,)], "c string")
+    rows = df.select(*card_token(F.col("c"), b"k")).collect()
+    tokens, last4 = [r[0] for r in rows], [r[1] for r in rows]
+    assert tokens[0] == tokens[1] != tokens[2] and "1111" not in tokens[0]
+    assert last4 == ["1111", "1111", "7450", None, None] and tokens[3:] == [None, None]
