@@ -292,7 +292,8 @@ def _print_summary(spark, profile: Profile, directives, manifest) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.replay import DATASETS
+    from pipelines.replay import DATASETS  # light: no Spark, no Kafka
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--conf", default="local", help="profile in conf/ (default: local)")
 

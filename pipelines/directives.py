@@ -389,16 +389,15 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
         for param in rule.protects:
             if param not in params:
                 raise CrmError(f"{where}: protects: {param!r} is not a parameter of {ref.directive.serves}")
-    for kind, mining in (("logs", src.datafy.logs), ("text", src.datafy.text)):
-        field = schema.field(mining.field) if mining is not None else None
-        if mining is not None and (field is None or field.spark_type != T.StringType()):
-            raise CrmError(f"{ref.path}: sources.{source}.datafy.{kind}.field: {mining.field!r} is not a string field of {schema.name}")
-    web = src.datafy.web
-    named = {} if web is None else {k: getattr(web, k) for k in ("page", "referrer", "user_agent", "utm_source", "utm_medium", "utm_campaign", "visitor")}
-    for key, name in named.items():
-        field = schema.field(name) if name is not None else None
-        if name is not None and (field is None or field.spark_type != T.StringType()):
-            raise CrmError(f"{ref.path}: sources.{source}.datafy.web.{key}: {name!r} is not a string field of {schema.name}")
+    datafy = src.datafy
+    string_fields = [(f"{kind}.field", m.field) for kind, m in (("logs", datafy.logs), ("text", datafy.text)) if m is not None]
+    if datafy.web is not None:
+        named = ("page", "referrer", "user_agent", "utm_source", "utm_medium", "utm_campaign", "visitor")
+        string_fields += [(f"web.{key}", getattr(datafy.web, key)) for key in named if getattr(datafy.web, key) is not None]
+    for key, name in string_fields:
+        field = schema.field(name)
+        if field is None or field.spark_type != T.StringType():
+            raise CrmError(f"{ref.path}: sources.{source}.datafy.{key}: {name!r} is not a string field of {schema.name}")
     if src.datafy.orders is not None:
         _check_orders(f"{ref.path}: sources.{source}.datafy.orders", src.datafy.orders, schema)
     if schema.field(ref.directive.watermark.column) is None:

@@ -141,9 +141,10 @@ def cdnow(root: Path) -> Iterator[Replayed]:
     path = _expect(root / "CDNOW_master.txt")
     for number, line in sorted(_lines(path), key=lambda numbered: (numbered[1].split()[1:2], numbered[0])):
         fields = line.split()
-        if number == 1 and fields and not fields[0].isdigit():
-            continue  # the header
         where = f"{path.name}:{number}"
+        if not fields or (number == 1 and not fields[0].isdigit()):
+            yield Replayed(where, "transaction", None, "blank line" if not fields else "header")
+            continue
         try:
             customer, day, cds, dollars = fields
             when = datetime.strptime(day, "%Y%m%d").replace(tzinfo=timezone.utc)

@@ -222,3 +222,17 @@ def test_parameter_on_a_derived_column_needs_its_datafy_block(tree: Path):
     _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["transaction"].pop("datafy"))
     with pytest.raises(CrmError, match=r"parameters\[1\] \(monetary_sum_90d\): column: 'amount_base' is not a field of transaction.v1 nor derived"):
         _load(tree)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(page="schema_version"), r"sources.web.datafy.web.page: 'schema_version' is not a string field of web.v1"),
+        (dict(visitor="device_id"), r"sources.web.datafy.web.visitor: 'device_id' is not a string field of web.v1"),
+        (dict(session_gap_minutes=0), r"sources.web.datafy.web.session_gap_minutes"),
+    ],
+)
+def test_bad_web_datafication_is_refused(tree: Path, change, message):
+    _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["web"]["datafy"]["web"].update(change))
+    with pytest.raises(CrmError, match=message):
+        _load(tree)
