@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CACHED := .cache/.setup-done
 
-.PHONY: setup demo test unit bench eval clean tools
+.PHONY: setup demo cdnow test unit bench eval clean tools
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -31,6 +31,11 @@ setup: $(CACHED)
 demo: setup
 	$(BIN)/crm demo
 
+# CDNOW's real purchases through CROM, CRFM and CRSM (conf/cdnow.yaml, directives/cdnow):
+# BG/NBD and Gamma-Gamma fitted from the raw purchases, with the holdout check.
+cdnow: setup
+	$(BIN)/crm demo --conf cdnow --replay cdnow-sample
+
 test: setup
 	$(BIN)/pytest
 
@@ -46,4 +51,4 @@ eval: $(INSTALLED)
 
 clean:
 	-$(BIN)/crm broker stop
-	rm -rf .lakehouse .checkpoints .broker bench-results.json bench-results.md eval-results.json eval-top-pages.json
+	rm -rf .lakehouse .checkpoints .lakehouse-cdnow .checkpoints-cdnow .broker bench-results.json bench-results.md eval-results.json eval-top-pages.json

@@ -100,20 +100,22 @@ def cmd_produce(args, profile: Profile) -> int:
     return 0
 
 
-def cmd_replay(args, profile: Profile) -> int:
+def _replay(profile: Profile, directives, dataset: str, path: Path | None, limit: int | None) -> None:
     from pipelines.config import sample_data
-    from pipelines.replay import replay
+    from pipelines.replay import dataset_folder, replay
     from pipelines.topics import ensure_topics
 
-    operational = _check_all(profile).only("operational").directive
+    operational = directives.only("operational").directive
     ensure_topics(profile.kafka.bootstrap_servers, operational.sources)
-    root = args.path or sample_data() / args.dataset
-    counts = replay(
-        profile.kafka.bootstrap_servers, args.dataset, root, {name: src.topic for name, src in operational.sources.items()}, args.limit
-    )
-    print(f"replayed {args.dataset} from {root}:")
+    root = path or sample_data() / dataset_folder(dataset)
+    counts = replay(profile.kafka.bootstrap_servers, dataset, root, {name: src.topic for name, src in operational.sources.items()}, limit)
+    print(f"replayed {dataset} from {root}:")
     for what, n in sorted(counts.items()):
         print(f"  {what:<12} {n:>9,}")
+
+
+def cmd_replay(args, profile: Profile) -> int:
+    _replay(profile, _check_all(profile), args.dataset, args.path, args.limit)
     return 0
 
 
@@ -173,11 +175,30 @@ def _strategic(spark, profile: Profile, directives) -> list:
     runs = []
     for strategic in directives.strategic.values():
         run = run_strategic(spark, profile, directives, strategic)
-        print(f"strategic {strategic.directive.id} (functional version {run.functional_version}) -> {run.table}")
+        state = " (up to date, nothing new)" if run.skipped else ""
+        print(f"strategic {strategic.directive.id} (functional version {run.functional_version}){state} -> {run.table}")
+        if run.fit is not None:
+            f = run.fit
+            print(f"  purchase model: BG/NBD on {f['customers']:,} customers r={f['r']:.3f} alpha={f['alpha']:.3f} "
+                  f"a={f['a']:.3f} b={f['b']:.3f}; Gamma-Gamma on {f['repeat_buyers']:,} repeat buyers "
+                  f"p={f['p']:.2f} q={f['q']:.2f} gamma={f['gamma']:.2f}")  # fmt: skip
+            if f["holdout_units"] is not None:
+                print(f"  holdout ({f['holdout_units']:g} time units): {f['holdout_predicted']:,.0f} purchases predicted, "
+                      f"{f['holdout_actual']:,.0f} actual ({f['holdout_predicted'] / max(f['holdout_actual'], 1):.3f})")  # fmt: skip
         for k in run.kpis:
             value = "n/a" if k["value"] is None else f"{k['value']:,.3f}"
             mark = "on target" if k["on_target"] else "OFF TARGET"
             print(f"  {k['kpi']:<28} {value:>12} {k['unit']:<6} target {k['target_op']} {k['target_value']:<8g} {mark}")
+        if run.validity:
+            print("  validity (V1 volume, V2 velocity, V3 variety, V4 variability, V5 veracity):")
+            by_kpi: dict[str, list] = {}
+            for c in run.validity:
+                by_kpi.setdefault(c["kpi"], []).append(c)
+            for kpi, checks in by_kpi.items():
+                verdicts = "  ".join(f"{c['v']} {c['verdict']}" + ("" if c["deviation"] is None else f" {c['deviation']:.3f}") for c in checks)
+                ci = next((c for c in checks if c["v"] == "V4" and c["ci_low"] is not None), None)
+                interval = f"  95% CI [{ci['ci_low']:,.3f}, {ci['ci_high']:,.3f}]" if ci else ""
+                print(f"    {kpi:<28} {verdicts}{interval}")
         runs.append(run)
     return runs
 
@@ -213,8 +234,36 @@ def cmd_docs(args, profile: Profile) -> int:
     return 0
 
 
-def cmd_directives(args, profile: Profile) -> int:
+def _report(spark, profile: Profile, directives, out: str | None) -> None:
+    from pipelines.crsm.report import build_report
+
+    for strategic in directives.strategic.values():
+        folder = Path(out) / strategic.directive.id.split(".", 1)[1] if out else None
+        print(f"report {strategic.directive.id}: {build_report(spark, profile, directives, strategic, folder)}")
+
+
+def cmd_report(args, profile: Profile) -> int:
     directives = _check_all(profile)
+    _report(_spark(profile, "crsm-report"), profile, directives, args.out)
+    return 0
+
+
+def cmd_directives(args, profile: Profile) -> int:
+    from pipelines.directives import MODEL_OUTPUTS
+
+    directives = _check_all(profile)
+    if args.action == "impact":
+        from pipelines.directives import impact
+
+        if not args.name:
+            raise CrmError("crm directives impact needs the name of an expectation, a topic or a source")
+        found = impact(directives, args.name)
+        print(f"{found.what} protects {', '.join(found.parameters) or 'no parameter'}")
+        for sid, kpi in found.kpis:
+            print(f"  KPI at risk: {kpi} ({sid})")
+        if not found.kpis:
+            print("  no KPI reads those parameters")
+        return 0
     if args.action == "check":
         n = sum(len(getattr(directives, level)) for level in ("strategic", "functional", "operational"))
         print(f"{n} directives OK in {profile.directives}")
@@ -223,10 +272,14 @@ def cmd_directives(args, profile: Profile) -> int:
         print(f"{s.directive.id} v{s.directive.version}  ({s.path.relative_to(profile.directives.parent)})")
         for kpi in s.directive.kpis:
             print(f"  KPI {kpi.name} [{kpi.strategic_variable}] target {kpi.target.op} {kpi.target.value:g}  uses {', '.join(kpi.uses)}")
+        if s.directive.purchase_model is not None:
+            roles = ", ".join(f"{role} {name}" for role, name in s.directive.purchase_model.parameters().items())
+            print(f"  purchase model BG/NBD + Gamma-Gamma -> {', '.join(MODEL_OUTPUTS)}  from {roles}")
         for f in (f for f in directives.functional.values() if f.directive.serves == s.directive.id):
-            print(f"  <- {f.directive.id} v{f.directive.version}  ({f.path.relative_to(profile.directives.parent)})")
+            as_of = f", as of {f.directive.as_of}" if f.directive.as_of else ""
+            print(f"  <- {f.directive.id} v{f.directive.version}{as_of}  ({f.path.relative_to(profile.directives.parent)})")
             for p in f.directive.parameters:
-                window = f", {p.window_days}d" if p.window_days else ""
+                window = f", {p.window_days}d" if p.window_days else f", {p.holdout_days}d after as_of" if p.holdout_days else ""
                 print(f"       param {p.name} = {p.measure}({p.column or '*'}{window}) from {p.source}")
             for o in (o for o in directives.operational.values() if o.directive.serves == f.directive.id):
                 print(f"       <- {o.directive.id} v{o.directive.version}  ({o.path.relative_to(profile.directives.parent)})")
@@ -245,13 +298,18 @@ def cmd_demo(args, profile: Profile) -> int:
         broker.start(profile)
         log.info("broker started on %s", profile.kafka.bootstrap_servers)
     try:
-        manifest = _produce(profile, directives, args.events, args.seed, args.bad_fraction, None, "auto")
+        if args.replay:
+            _replay(profile, directives, args.replay, None, None)
+            manifest = None
+        else:
+            manifest = _produce(profile, directives, args.events, args.seed, args.bad_fraction, None, "auto")
         spark = _spark(profile, "crm-demo")
         _ingest(spark, profile, directives, until_caught_up=True)
         _resolve(spark, profile, directives)
         _functional(spark, profile, directives)
         _print_summary(spark, profile, directives, manifest)
         _strategic(spark, profile, directives)
+        _report(spark, profile, directives, None)
         print(f"\nDelta tables under {profile.lakehouse} (crom/, crfm/, crsm/); read them with "
               f"spark.read.format('delta').load(path) or the `deltalake` package.")
     finally:
@@ -268,12 +326,13 @@ def _print_summary(spark, profile: Profile, directives, manifest) -> None:
 
     tables = CromTables.of(profile, list(directives.schemas))
     read = lambda path: spark.read.format("delta").load(path)  # noqa: E731
-    print("\nThis run produced:")
-    kinds = Counter()
-    for (_, kind), n in manifest.by_source_kind.items():
-        kinds[kind] += n
-    print("  " + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())))
-    print("Lakehouse totals (all runs):")
+    if manifest is not None:
+        print("\nThis run produced:")
+        kinds = Counter()
+        for (_, kind), n in manifest.by_source_kind.items():
+            kinds[kind] += n
+        print("  " + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())))
+    print("\nLakehouse totals (all runs):" if manifest is None else "Lakehouse totals (all runs):")
     print(f"  bronze       {read(tables.bronze).count():>9,} records")
     for source, path in tables.silver.items():
         print(f"  silver_{source:<12}{read(path).count():>9,}")
@@ -319,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", parents=[common], help="send a real public data set to the source topics")
     p.add_argument("dataset", choices=sorted(DATASETS))
-    p.add_argument("--path", type=Path, help="the data set's folder (default: CRM_SAMPLE_DATA or ../shared/data, then the data set's name)")
+    p.add_argument("--path", type=Path, help="the data set's folder (default: CRM_SAMPLE_DATA or ../shared/data, then the data set's name; cdnow for cdnow-sample)")
     p.add_argument("--limit", type=int, help="send only the first N records")
     p.set_defaults(func=cmd_replay)
 
@@ -336,8 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("strategic", parents=[common], help="run CRSM: functional parameters -> KPIs against targets")
     p.set_defaults(func=cmd_strategic)
 
-    p = sub.add_parser("directives", parents=[common], help="validate or show the directive chain")
-    p.add_argument("action", choices=["check", "plan"])
+    p = sub.add_parser("directives", parents=[common], help="validate or show the directive chain, or what a rule or topic puts at risk")
+    p.add_argument("action", choices=["check", "plan", "impact"])
+    p.add_argument("name", nargs="?", help="impact: an expectation's name, a topic or a source")
     p.set_defaults(func=cmd_directives)
 
     p = sub.add_parser("train", parents=[common], help="train a model from labelled data")
@@ -353,10 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="site folder (default: <lakehouse>/_data_docs/gx/uncommitted/data_docs/local_site)")
     p.add_argument("--batches", type=int, default=50, help="how many of the newest batches to show (default 50)")
     p.set_defaults(func=cmd_docs)
+    p = sub.add_parser("report", parents=[common], help="HTML report of the strategic KPIs, their goals and V1-V5 validity")
+    p.add_argument("--out", help="folder for the reports, one subfolder per strategic directive (default: <lakehouse>/_reports)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("demo", parents=[common], help="broker, events, CROM, CRFM, CRSM and a summary, end to end")
     p.add_argument("--events", type=int, default=100_000, help="events to produce (default 100000)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bad-fraction", type=float, default=0.02, help="share of bad records (default 0.02)")
+    p.add_argument("--replay", choices=sorted(DATASETS), help="send this public data set instead of generated events")
     p.set_defaults(func=cmd_demo)
     return parser
 

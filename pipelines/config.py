@@ -86,10 +86,20 @@ def _resolve(path: str | Path) -> Path:
     return (p if p.is_absolute() else REPO_ROOT / p).resolve()
 
 
-def load_profile(name: str = "local") -> Profile:
-    """Read conf/<name>.yaml, apply environment overrides and resolve paths."""
+def _merged(base: dict, override: dict) -> dict:
+    """base with override's keys; mappings are merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def _read_profile(name: str, seen: tuple[str, ...]) -> dict:
+    """conf/<name>.yaml as a mapping, on top of the profile it `extends`, if any."""
     if not _PROFILE_NAME.match(name):
         raise CrmError(f"profile name {name!r} must be a plain name of a file in {CONF_DIR}")
+    if name in seen:
+        raise CrmError(f"profiles extend each other in a loop: {' -> '.join((*seen, name))}")
     path = CONF_DIR / f"{name}.yaml"
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -99,6 +109,18 @@ def load_profile(name: str = "local") -> Profile:
         raise CrmError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise CrmError(f"{path}: a profile must be a mapping")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise CrmError(f"{path}: extends: must name another profile in {CONF_DIR}")
+    return _merged(_read_profile(parent, (*seen, name)), raw)
+
+
+def load_profile(name: str = "local") -> Profile:
+    """Read conf/<name>.yaml, apply environment overrides and resolve paths."""
+    path = CONF_DIR / f"{name}.yaml"
+    raw = _read_profile(name, ())
 
     env = os.environ
     raw.setdefault("kafka", {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -52,14 +53,123 @@ class Kpi(_Strict):
     target: Target
 
 
+# Per-customer columns the purchase model adds; KPIs may use them like parameters.
+MODEL_OUTPUTS = ("p_alive", "expected_purchases", "expected_spend", "clv")
+_PURCHASES = ("frequency", "recency", "age")
+OUTPUT_ROLES = {"p_alive": _PURCHASES, "expected_purchases": _PURCHASES, "expected_spend": ("frequency", "monetary"),
+                "clv": (*_PURCHASES, "monetary")}  # fmt: skip
+
+
+class Holdout(_Strict):
+    purchases: str = Field(description="An active_days parameter with holdout_days: the purchase days after as_of.")
+    units: float = Field(gt=0, description="The holdout's length in time units.")
+
+
+class PurchaseModel(_Strict):
+    """BG/NBD for the number of purchases and Gamma-Gamma for their value, fitted on the
+    functional parameters it names (see pipelines.crsm.clv)."""
+
+    frequency: str = Field(description="A repeat_days parameter: purchase days after the first.")
+    recency: str = Field(description="A first_to_last_days parameter.")
+    age: str = Field(description="A tenure_days parameter: days from the first purchase to as_of.")
+    monetary: str = Field(description="A repeat_avg parameter: the mean value of a repeat purchase day.")
+    time_unit_days: int = Field(default=7, ge=1, description="The model's time unit; 7 fits weekly buying.")
+    horizon_units: float = Field(default=52, gt=0, description="How far ahead lifetime value counts, in time units.")
+    periods: int = Field(default=12, ge=1, le=520, description="The horizon is discounted in this many equal periods.")
+    margin: float = Field(default=1.0, gt=0, le=1, description="The share of spend that is profit.")
+    annual_discount_rate: float = Field(default=0.0, ge=0, lt=1)
+    holdout: Holdout | None = None
+
+    def parameters(self) -> dict[str, str]:
+        """Role -> functional parameter, with the measure each role needs."""
+        named = {"frequency": self.frequency, "recency": self.recency, "age": self.age, "monetary": self.monetary}
+        if self.holdout:
+            named["holdout.purchases"] = self.holdout.purchases
+        return named
+
+
+MODEL_MEASURES = {
+    "frequency": "repeat_days",
+    "recency": "first_to_last_days",
+    "age": "tenure_days",
+    "monetary": "repeat_avg",
+    "holdout.purchases": "active_days",
+}
+
+
+class Windows(_Strict):
+    count: int = Field(default=4, ge=2, le=24, description="as_of and the count - 1 earlier windows.")
+    step_days: int = Field(default=30, ge=1)
+
+
+class Validity(_Strict):
+    """How each KPI is re-measured under the five V's, and when its insight counts as valid.
+
+    A check's deviation is how far the KPI moves, relative to max(|KPI|, floor): below
+    `resolved_below` the insight is resolved, above `unresolved_above` unresolved, else sensitive.
+    """
+
+    volume_fractions: list[float] = Field(default=[0.1, 0.25, 0.5, 0.75, 1.0], min_length=2,
+                                          description="V1: nested random shares of the customers.")  # fmt: skip
+    converged_from: float = Field(default=0.5, gt=0, le=1, description="V1 judges the subsamples of at least this share.")
+    windows: Windows = Windows()  # V2: the parameters as of successively earlier days
+    bootstrap_samples: int = Field(default=20, ge=5, le=500, description="V4: Poisson bootstrap replicates of the customers.")
+    resolved_below: float = Field(default=0.05, gt=0)
+    unresolved_above: float = Field(default=0.20, gt=0)
+    floor: float = Field(default=0.01, gt=0, description="Deviations of KPIs near zero are taken relative to this.")
+
+    @field_validator("volume_fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in fractions) or sorted(set(fractions)) != fractions or fractions[-1] != 1:
+            raise ValueError("must grow strictly, each in (0, 1], and end at 1")
+        return fractions
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.resolved_below >= self.unresolved_above:
+            raise ValueError("resolved_below must be below unresolved_above")
+        return self
+
+    def verdict(self, deviation: float | None) -> str:
+        if deviation is None or deviation > self.unresolved_above:
+            return "unresolved"
+        return "resolved" if deviation < self.resolved_below else "sensitive"
+
+
+class RecommendationRule(_Strict):
+    name: str = Field(pattern=_NAME)
+    description: str
+    when: str = Field(description="Spark SQL condition over the parameters (and model outputs) in `uses`.")
+    priority: str = Field(description="Spark SQL expression; customers with a higher one come first.")
+    uses: list[str] = Field(min_length=1)
+
+
+class Recommendations(_Strict):
+    """Actions for the operational CRM, published to a Kafka topic and a Delta table."""
+
+    topic: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=1, ge=1)
+    retention_hours: int = Field(default=720, ge=1)
+    rules: list[RecommendationRule] = Field(min_length=1)
+
+
 class StrategicDirective(_Strict):
     id: str = Field(pattern=_ID)
     version: int = Field(ge=1)
     description: str
+    recommendations: Recommendations | None = None
+    validity: Validity | None = Field(default=None, description="Re-measure each KPI under V1-V5 (volume, velocity, variety, variability, veracity).")
+    purchase_model: PurchaseModel | None = Field(default=None, description=f"Adds {', '.join(MODEL_OUTPUTS)} per customer.")
     kpis: list[Kpi] = Field(min_length=1)
 
 
 # --- functional --------------------------------------------------------------------------
+
+
+ROW_MEASURES = ("count", "sum", "avg", "count_distinct", "last", "recency_days")
+# Measured on purchase days (a customer's events of one day are one purchase), as BG/NBD counts.
+DAY_MEASURES = ("active_days", "repeat_days", "repeat_avg", "first_to_last_days", "tenure_days")
 
 
 class Parameter(_Strict):
@@ -67,10 +177,43 @@ class Parameter(_Strict):
     data_class: DataClass = Field(alias="class")
     description: str = ""
     source: str = Field(description="An operational source; its silver table is read.")
-    measure: Literal["count", "sum", "avg", "count_distinct", "last", "recency_days"]
+    measure: Literal[ROW_MEASURES + DAY_MEASURES]  # type: ignore[valid-type]
     column: str | None = None
     filter: str | None = None
-    window_days: int | None = Field(default=None, ge=1)
+    window_days: int | None = Field(default=None, ge=1, description="Only the N days up to as_of.")
+    holdout_days: int | None = Field(default=None, ge=1, description="Only the N days after as_of: a holdout to check predictions.")
+
+    @model_validator(mode="after")
+    def _one_period(self):
+        if self.window_days and self.holdout_days:
+            raise ValueError("window_days and holdout_days exclude each other")
+        return self
+
+
+class RfmScores(_Strict):
+    """Recency, frequency and monetary scores from 1 to `bins` (quantiles; higher is better)."""
+
+    recency: str = Field(description="A parameter where fewer days is better, e.g. a recency_days one.")
+    frequency: str
+    monetary: str
+    bins: int = Field(default=5, ge=2, le=10)
+
+
+class Clustering(_Strict):
+    """k-means (Spark MLlib) on the standardised parameters named in `features`."""
+
+    features: list[str] = Field(min_length=2)
+    k: int = Field(default=4, ge=2, le=50)
+    seed: int = 42
+
+
+class Segmentation(_Strict):
+    rfm: RfmScores | None = None
+    clustering: Clustering | None = None
+
+    def parameters(self) -> list[str]:
+        named = [self.rfm.recency, self.rfm.frequency, self.rfm.monetary] if self.rfm else []
+        return named + (self.clustering.features if self.clustering else [])
 
 
 class FunctionalDirective(_Strict):
@@ -79,8 +222,10 @@ class FunctionalDirective(_Strict):
     serves: str | None = None
     description: str
     grain: Literal["customer_id"] = "customer_id"
+    as_of: date | None = Field(default=None, description="The last day counted (e.g. a calibration end); default: the newest event's.")
     include_untrusted: bool = Field(default=False, description="Read events from producers no source trusts.")
     parameters: list[Parameter] = Field(min_length=1)
+    segmentation: Segmentation | None = Field(default=None, description="RFM segments and clusters, in <table>_segments.")
 
 
 # --- operational -------------------------------------------------------------------------
@@ -370,6 +515,7 @@ def load_directives(root: Path, schemas_dir: Path) -> DirectiveSet:
 
     for ref in levels["functional"].values():
         _check_parameters(ref, levels, schemas)
+        _check_segmentation(ref)
     for ref in levels["strategic"].values():
         _check_kpis(ref, levels["functional"])
     return DirectiveSet(**levels, schemas=schemas)
@@ -440,7 +586,7 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
         seen.add(param.name)
         if param.source not in sources:
             raise CrmError(f"{where}: source: {param.source!r} is not a source of any operational directive serving {ref.directive.id}")
-        needs_column = param.measure in ("sum", "avg", "count_distinct", "last")
+        needs_column = param.measure in ("sum", "avg", "count_distinct", "last", "repeat_avg")
         if needs_column and not param.column:
             raise CrmError(f"{where}: column: measure {param.measure!r} needs a column")
         derived = {f.name for f in datafied[param.source].derived_fields()}
@@ -448,19 +594,82 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
             raise CrmError(f"{where}: column: {param.column!r} is not a field of {schemas[param.source].name} nor derived by its datafy block")
 
 
+def _check_segmentation(ref: Loaded) -> None:
+    segmentation = ref.directive.segmentation
+    names = {p.name for p in ref.directive.parameters}
+    for name in segmentation.parameters() if segmentation else []:
+        if name not in names:
+            raise CrmError(f"{ref.path}: segmentation: {name!r} is not a parameter of {ref.directive.id}")
+
+
 def _check_kpis(ref: Loaded, functional: dict[str, Loaded]) -> None:
     params = {
-        p.name
+        p.name: p
         for f in functional.values()
         if f.directive.serves == ref.directive.id
         for p in f.directive.parameters
     }
-    for i, kpi in enumerate(ref.directive.kpis):
-        for name in kpi.uses:
+    model = ref.directive.purchase_model
+    if model is not None:
+        for role, name in model.parameters().items():
+            where = f"{ref.path}: purchase_model.{role}"
             if name not in params:
+                raise CrmError(f"{where}: {name!r} is not a parameter of any functional directive serving {ref.directive.id}")
+            wanted = MODEL_MEASURES[role]
+            if params[name].measure != wanted:
+                raise CrmError(f"{where}: {name!r} is measured by {params[name].measure!r}; the model needs a {wanted!r} parameter")
+        if model.holdout and not params[model.holdout.purchases].holdout_days:
+            raise CrmError(f"{ref.path}: purchase_model.holdout.purchases: {model.holdout.purchases!r} has no holdout_days")
+    usable = set(params) | (set(MODEL_OUTPUTS) if model else set())
+    rules = ref.directive.recommendations.rules if ref.directive.recommendations else []
+    named = [(f"kpis[{i}] ({k.name})", k.uses, (k.expression,)) for i, k in enumerate(ref.directive.kpis)]
+    named += [(f"recommendations.rules[{i}] ({r.name})", r.uses, (r.when, r.priority)) for i, r in enumerate(rules)]
+    for where, uses, expressions in named:
+        for name in uses:
+            if name not in usable:
+                extra = f" nor an output of its purchase_model ({', '.join(MODEL_OUTPUTS)})" if model else ""
                 raise CrmError(
-                    f"{ref.path}: kpis[{i}] ({kpi.name}): uses: {name!r} is not a parameter of any functional directive serving {ref.directive.id}"
+                    f"{ref.path}: {where}: uses: {name!r} is not a parameter of any functional directive serving {ref.directive.id}{extra}"
                 )
-        missing = [n for n in kpi.uses if not re.search(rf"\b{re.escape(n)}\b", kpi.expression)]
+        missing = [n for n in uses if not any(re.search(rf"\b{re.escape(n)}\b", e) for e in expressions)]
         if missing:
-            raise CrmError(f"{ref.path}: kpis[{i}] ({kpi.name}): uses: {missing} do not appear in the expression")
+            raise CrmError(f"{ref.path}: {where}: uses: {missing} do not appear in the expression")
+
+
+# --- traceability ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Impact:
+    what: str  # "expectation web_session_present (source web)" or "topic crm.web (source web)"
+    parameters: list[str]
+    kpis: list[tuple[str, str]]  # (strategic directive id, KPI name)
+
+
+def kpis_using(directives: DirectiveSet, parameters: set[str]) -> list[tuple[str, str]]:
+    """Every KPI that reads one of the parameters, directly or through its purchase model."""
+    found = []
+    for ref in directives.strategic.values():
+        directive = ref.directive
+        model = directive.purchase_model
+        roles = model.parameters() if model else {}
+        for kpi in directive.kpis:
+            used = set(kpi.uses) | {roles[r] for out in kpi.uses for r in OUTPUT_ROLES.get(out, ()) if model}
+            if used & parameters:
+                found.append((directive.id, kpi.name))
+    return found
+
+
+def impact(directives: DirectiveSet, name: str) -> Impact:
+    """What an expectation (by rule name) or a topic (or source name) puts at risk if it fails."""
+    for ref in directives.operational.values():
+        for source, src in ref.directive.sources.items():
+            if name in (src.topic, source):
+                params = sorted(p.name for f in directives.functional.values() for p in f.directive.parameters if p.source == source)
+                params = sorted(set(params) | {p for rule in src.expectations for p in rule.protects})
+                return Impact(f"topic {src.topic} (source {source})", params, kpis_using(directives, set(params)))
+            for rule in src.expectations:
+                if rule.name == name:
+                    return Impact(f"expectation {rule.name} (source {source}, {rule.action})", sorted(rule.protects),
+                                  kpis_using(directives, set(rule.protects)))  # fmt: skip
+    raise CrmError(f"{name!r} is neither an expectation nor a topic or source of the operational directives")

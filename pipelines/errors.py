@@ -27,6 +27,6 @@ def describe_validation_error(path: Path | str, exc: ValidationError, prefix: st
     elif kind == "missing":
         reason = "missing required key"
     else:
-        reason = err["msg"]
+        reason = err["msg"].removeprefix("Value error, ")  # our validators' own words
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{path}: {loc or '<top>'}: {reason}{more}"

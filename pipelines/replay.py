@@ -5,7 +5,8 @@
 - airline-tweets (tweets_dev.csv) -> social: one post per tweet, by its author's handle;
 - apache-access (apache_logs, combined format) -> web: one page view per request;
 - loghub (<System>/<System>_2k.log) -> log: one event per line, the system as host and service;
-- cdnow (CDNOW_master.txt) -> transaction: one order per purchase, in USD.
+- cdnow (CDNOW_master.txt) and cdnow-sample (CDNOW_sample.txt, the 1/10 sample of the
+  published model fits) -> transaction: one order per purchase, in USD.
 
 Only what the data holds is sent; a field it lacks is null, never made up:
 - An access log has no cookie, so the visitor is the client address with its user agent,
@@ -15,9 +16,10 @@ Only what the data holds is sent; a field it lacks is null, never made up:
 - Loghub lines carry times in eight layouts, so a log event's time is when it was replayed,
   as a log shipper stamps lines it reads; the line keeps its own time in its text.
 - CDNOW purchases have a date, a CD count and a dollar value: one line item of that many
-  CDs, no email, phone, country or age band. They are sent in date order; the 18 months
-  they span are longer than the shipped watermark delay, so CROM keeps the older ones in
-  late_events (counted, not lost), as it would for any feed that far behind.
+  CDs, no email, phone, country or age band. They are sent in date order. The 18 months
+  they span are longer than the shipped directive's watermark delay, so under it CROM keeps
+  the older ones in late_events (counted, not lost); the `cdnow` profile's directives
+  (directives/cdnow) take them as the backfill they are.
 
 Event ids are `replay-<dataset>:<file>:<line>`, so replaying a file twice gives the same ids,
 which CROM then counts as duplicates instead of storing twice.
@@ -136,17 +138,23 @@ def loghub(root: Path) -> Iterator[Replayed]:
             yield Replayed(where, "log", event if line.strip() else None, None if line.strip() else "blank line")
 
 
-def cdnow(root: Path) -> Iterator[Replayed]:
-    """Purchases in date order, as a live feed would send them (the file is sorted by customer)."""
-    path = _expect(root / "CDNOW_master.txt")
-    for number, line in sorted(_lines(path), key=lambda numbered: (numbered[1].split()[1:2], numbered[0])):
+def _cdnow_purchases(path: Path, columns: int) -> Iterator[Replayed]:
+    """Purchases in date order, as a live feed would send them (the files are sorted by customer).
+
+    A line is the customer id, then (in the sample) its id within the sample, the date, the
+    CD count and the dollar value; the customer id is the master file's, so both files name
+    a customer alike.
+    """
+    for number, line in sorted(_lines(path), key=lambda numbered: (numbered[1].split()[columns - 3 : columns - 2], numbered[0])):
         fields = line.split()
         where = f"{path.name}:{number}"
         if not fields or (number == 1 and not fields[0].isdigit()):
             yield Replayed(where, "transaction", None, "blank line" if not fields else "header")
             continue
         try:
-            customer, day, cds, dollars = fields
+            if len(fields) != columns:
+                raise ValueError(f"{len(fields)} fields, not {columns}")
+            customer, day, cds, dollars = fields[0], *fields[-3:]
             when = datetime.strptime(day, "%Y%m%d").replace(tzinfo=timezone.utc)
             quantity, amount = int(cds), float(dollars)
             if quantity < 1 or amount < 0:
@@ -155,7 +163,7 @@ def cdnow(root: Path) -> Iterator[Replayed]:
             yield Replayed(where, "transaction", None, f"not a purchase (customer, YYYYMMDD, CDs, dollars): {exc}", line)
             continue
         yield Replayed(where, "transaction", _base("cdnow", "transaction", where, when) | {
-            "order_id": f"cdnow-{number}",
+            "order_id": f"cdnow-{path.stem}-{number}",
             "customer_id": f"cdnow-{customer}",
             "customer_email": None,
             "customer_phone": None,
@@ -170,12 +178,28 @@ def cdnow(root: Path) -> Iterator[Replayed]:
         })  # fmt: skip
 
 
+def cdnow(root: Path) -> Iterator[Replayed]:
+    """The master file: 69,659 purchases by 23,570 customers."""
+    return _cdnow_purchases(_expect(root / "CDNOW_master.txt"), columns=4)
+
+
+def cdnow_sample(root: Path) -> Iterator[Replayed]:
+    """The 1/10 sample of the published BG/NBD and Gamma-Gamma fits: 6,919 purchases by 2,357 customers."""
+    return _cdnow_purchases(_expect(root / "CDNOW_sample.txt"), columns=5)
+
+
 DATASETS: dict[str, Callable[[Path], Iterator[Replayed]]] = {
     "airline-tweets": airline_tweets,
     "apache-access": apache_access,
     "loghub": loghub,
     "cdnow": cdnow,
+    "cdnow-sample": cdnow_sample,
 }
+FOLDERS = {"cdnow-sample": "cdnow"}  # data sets that share another's folder under ../shared/data
+
+
+def dataset_folder(dataset: str) -> str:
+    return FOLDERS.get(dataset, dataset)
 
 
 def _expect(path: Path) -> Path:

@@ -47,9 +47,13 @@ def silver_table(profile: Profile, source: str) -> str:
     return profile.table_path("crom", f"silver_{source}")
 
 
-def functional_table(profile: Profile, directive_id: str) -> str:
-    return profile.table_path("crfm", directive_id.split(".", 1)[1])
+def functional_table(profile: Profile, directive_id: str, part: str = "") -> str:
+    """The parameters of a functional directive; `part` names its other tables (variants)."""
+    name = directive_id.split(".", 1)[1]
+    return profile.table_path("crfm", f"{name}_{part}" if part else name)
 
 
-def strategic_table(profile: Profile, directive_id: str) -> str:
-    return profile.table_path("crsm", directive_id.split(".", 1)[1])
+def strategic_table(profile: Profile, directive_id: str, part: str = "") -> str:
+    """The KPI snapshots of a strategic directive; `part` names its other tables (customers, model)."""
+    name = directive_id.split(".", 1)[1]
+    return profile.table_path("crsm", f"{name}_{part}" if part else name)

@@ -6,11 +6,11 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipelines.directives import Source
+from pipelines.directives import Recommendations, Source
 from pipelines.errors import CrmError
 
 
-def ensure_topics(bootstrap: str, sources: dict[str, Source]) -> list[str]:
+def ensure_topics(bootstrap: str, sources: dict[str, Source | Recommendations]) -> list[str]:
     """Create missing topics with their partitions and retention; returns the names created."""
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.errors import AnalysisException, ParseException
 
 from pipelines.directives import Kpi, StrategicDirective
 from pipelines.errors import CrmError
@@ -27,8 +27,9 @@ def _checked_value(params: DataFrame, kpi: Kpi, where: str) -> Column:
     return value
 
 
-def kpi_rows(params: DataFrame, directive: StrategicDirective, where: str = "") -> DataFrame:
-    """One row per KPI: value, target and whether it is met, computed in one aggregation.
+def kpi_rows(params: DataFrame, directive: StrategicDirective, where: str = "", by: str | None = None) -> DataFrame:
+    """One row per KPI (per `by` group, if given): value, target and whether it is met, computed
+    in one aggregation.
 
     Each KPI sees only the parameters it declares in `uses`, so an undeclared one fails.
     """
@@ -46,6 +47,8 @@ def kpi_rows(params: DataFrame, directive: StrategicDirective, where: str = "") 
                 _on_target(kpi, value).alias("on_target"),
             )
         )
-    return params.agg(F.count("*").alias("customers"), F.array(*structs).alias("k")).select(
-        "customers", F.explode("k").alias("k")
-    ).select("k.*", "customers")
+    grouped = params.groupBy(by) if by else params
+    keys = [by] if by else []
+    return grouped.agg(F.count("*").alias("customers"), F.array(*structs).alias("k")).select(
+        *keys, "customers", F.explode("k").alias("k")
+    ).select(*keys, "k.*", "customers")

@@ -14,15 +14,16 @@ from pyspark.sql import functions as F
 
 from pipelines.config import REPO_ROOT
 from pipelines.crfm.job import run_functional
+from pipelines.crom.ingest import run_ingest, start_ingest
 from pipelines.crom.orders import read_rates
 from pipelines.crom.resolve import run_identities, run_web_sessions
-from pipelines.privacy import hmac_key, phone_key
-from pipelines.crom.ingest import run_ingest, start_ingest
 from pipelines.crom.text import score_texts
 from pipelines.crsm.job import run_strategic
+from pipelines.crsm.report import build_report
 from pipelines.errors import CrmError
 from pipelines.generator import COMPLAINTS, LOG_LINES, PRODUCTS, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
-from pipelines.tables import CromTables, functional_table
+from pipelines.privacy import hmac_key, phone_key
+from pipelines.tables import CromTables, functional_table, strategic_table
 from pipelines.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -201,6 +202,11 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     assert not run.skipped
     assert run_functional(spark, profile, directives, functional).skipped  # no new silver data
     params = {r["customer_id"]: r for r in read(functional_table(profile, functional.directive.id)).collect()}
+    segments = {r["customer_id"]: r for r in read(functional_table(profile, functional.directive.id, "segments")).collect()}
+    assert set(segments) == set(params)
+    assert all((r["rfm_segment"] == "no_purchase") == (params[c]["recency_days"] is None) for c, r in segments.items())
+    found = {r["cluster"] for r in segments.values()}
+    assert found <= set(range(4)) and len(found) >= 2
     # Untrusted producers and late events are kept in CROM but not counted by this directive.
     orders = [json.loads(e.value) for e in events + more if e.kind == "valid" and e.source == "transaction"]
     all_valid = [json.loads(e.value) for e in events + more if e.kind == "valid"]
@@ -220,6 +226,13 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     complained = Counter(p["customer_id"] for p in posts if p["customer_id"] and p["text"] in complaints and recent(p))
     assert complained and all(params[c]["complaints_30d"] == n for c, n in complained.items())
     assert sum(r["complaints_30d"] or 0 for r in params.values()) == sum(complained.values())
+    # Advocacy parameters: the sentiment CROM's text model gave each post, counted per customer.
+    labels = {p["text"]: s.label for p, s in zip(posts, score_texts([p["text"] for p in posts]))}
+    last_90 = [p for p in posts if p["customer_id"] and datetime.fromisoformat(p["event_time"]) > as_of - timedelta(days=90)]
+    by_label = {label: Counter(p["customer_id"] for p in last_90 if labels[p["text"]] == label) for label in ("positive", "negative")}
+    for label, counted in by_label.items():
+        assert counted and all(params[c][f"{label}_posts_90d"] == n for c, n in counted.items()), label
+        assert sum(r[f"{label}_posts_90d"] or 0 for r in params.values()) == sum(counted.values()), label
 
     # CROM identity map: each key resolves to the customers the generated events give it, and
     # a key claimed by several customers is a counted conflict, not a merge.
@@ -245,6 +258,20 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
         assert row["on_target"] == kpi.target.met_by(row["value"])
     buyers = sum(1 for c in freq if freq[c] >= 1)
     assert kpis["repeat_purchase_rate"]["value"] == pytest.approx(sum(1 for c in freq if freq[c] >= 2) / buyers)
+    positive, negative = (sum(by_label[label].values()) for label in ("positive", "negative"))
+    assert kpis["net_sentiment"]["value"] == pytest.approx((positive - negative) / (positive + negative))
+    # V1-V5: a verdict per KPI and V, and a report with a curve for each.
+    assert {(c["kpi"], c["v"]) for c in result.validity} == {(k, v) for k in kpis for v in ("V1", "V2", "V3", "V4", "V5")}
+    assert {c["verdict"] for c in result.validity} <= {"resolved", "sensitive", "unresolved"}
+    page = build_report(spark, profile, directives, strategic).read_text()
+    assert all(k in page for k in kpis) and page.count("<svg") == 5 * len(kpis)
+    # The generator's rule violations (currency XXX) put the EUR monetary KPI at risk.
+    assert quarantine["expectation_failed"] > 0
+    assert "<td class=l>transaction_currency_known</td>" in page and "customer_lifetime_value</td></tr>" in page
+    # The closed loop: every customer who complained in 30 days gets a follow-up.
+    recs = read(strategic_table(profile, strategic.directive.id, "recommendations"))
+    follow_ups = {r["customer_id"] for r in recs.where(F.col("recommendation") == "complaint_follow_up").collect()}
+    assert follow_ups == set(complained)
     # Same functional version again: no second snapshot.
     run_strategic(spark, profile, directives, strategic)
     assert read(result.table).count() == len(kpis)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines.crfm.parameters import check_plan, customer_parameters, newest_event
+from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters
 from pipelines.directives import FunctionalDirective
 from pipelines.errors import CrmError
 
@@ -71,10 +71,64 @@ def test_parameters_per_customer(spark):
     assertDataFrameEqual(got, expected)
 
 
-def test_as_of_is_the_newest_event(spark):
+def test_as_of_is_the_newest_event_unless_the_directive_names_a_day(spark):
     silver = _silver(spark)
-    as_of = spark.range(1).select(newest_event(silver, ["transaction", "social"])).first()[0]
-    assert as_of == datetime(2026, 6, 30, 12, 0)
+    newest = spark.range(1).select(as_of_time(DIRECTIVE, silver, ["transaction", "social"])).first()[0]
+    assert newest == datetime(2026, 6, 30, 12, 0)
+    fixed = DIRECTIVE.model_copy(update={"as_of": date(2026, 6, 1)})
+    end_of_day = spark.range(1).select(as_of_time(fixed, silver, ["transaction"])).first()[0]
+    assert end_of_day == datetime(2026, 6, 1, 23, 59, 59, 999999)
+
+
+def _day_param(name: str, measure: str, **more) -> dict:
+    return {"name": name, "class": "transactional", "source": "transaction", "measure": measure, **more}
+
+
+PURCHASE_DAYS = FunctionalDirective.model_validate(
+    {
+        "id": "functional.days",
+        "version": 1,
+        "serves": "strategic.t",
+        "description": "BG/NBD inputs with a calibration end on 2026-06-30 and a 10-day holdout",
+        "as_of": "2026-06-30",
+        "parameters": [
+            _day_param("x", "repeat_days"),
+            _day_param("t_x", "first_to_last_days"),
+            _day_param("age", "tenure_days"),
+            _day_param("m", "repeat_avg", column="amount"),
+            _day_param("days", "active_days"),
+            _day_param("holdout", "active_days", holdout_days=10),
+        ],
+    }
+)
+
+
+def test_day_measures_count_purchase_days_up_to_the_calibration_end(spark):
+    tx = spark.createDataFrame(
+        [
+            ("C1", datetime(2026, 6, 1, 9), 10.0),  # first day: left out of the repeat average
+            ("C1", datetime(2026, 6, 1, 18), 5.0),  # same day: the same purchase day
+            ("C1", datetime(2026, 6, 11, 10), 20.0),
+            ("C1", datetime(2026, 6, 21, 10), 30.0),
+            ("C1", datetime(2026, 6, 30, 23, 59), 40.0),  # last minute of the calibration
+            ("C1", datetime(2026, 7, 1, 0, 1), 7.0),  # holdout
+            ("C1", datetime(2026, 7, 12), 7.0),  # after the holdout
+            ("C2", datetime(2026, 6, 20), 99.0),  # one purchase day: no repeat
+            ("C3", datetime(2026, 7, 5), 1.0),  # only in the holdout
+        ],
+        "customer_id string, event_time timestamp, amount double",
+    )
+    as_of = as_of_time(PURCHASE_DAYS, {"transaction": tx}, ["transaction"])
+    got = customer_parameters({"transaction": tx}, PURCHASE_DAYS, as_of)
+    expected = spark.createDataFrame(
+        [
+            ("C1", 3, 29, 29, 30.0, 4, 1),  # repeats on 06-11, 06-21, 06-30: (20 + 30 + 40) / 3
+            ("C2", 0, 0, 10, None, 1, 0),
+            ("C3", None, None, None, None, 0, 1),
+        ],
+        "customer_id string, x long, t_x int, age int, m double, days long, holdout long",
+    )
+    assertDataFrameEqual(got, expected)
 
 
 def test_bad_filter_is_refused_before_running(spark):

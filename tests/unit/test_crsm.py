@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.crsm.kpis import kpi_rows
+from pipelines.crsm.recommend import recommend
 from pipelines.directives import StrategicDirective
 from pipelines.errors import CrmError
 
@@ -40,3 +41,28 @@ def test_expression_may_only_use_declared_parameters(params):
     sneaky = _directive(expression="avg(frequency_90d + complaints_30d)")
     with pytest.raises(CrmError, match=r"s.yaml: kpis \(repeat_rate\): expression: .*complaints_30d"):
         kpi_rows(params, sneaky, "s.yaml")
+
+
+def _with_recommendations(when: str):
+    raw = _directive().model_dump(by_alias=True)
+    raw["recommendations"] = {
+        "topic": "t.recs",
+        "rules": [{"name": "follow_up", "description": "d", "when": when, "priority": "complaints_30d * 10 + frequency_90d",
+                   "uses": ["complaints_30d", "frequency_90d"]}],
+    }  # fmt: skip
+    return StrategicDirective.model_validate(raw)
+
+
+def test_recommendations_select_rank_and_name_each_customer(params):
+    directive = _with_recommendations("complaints_30d > 0 OR frequency_90d >= 2")
+    rows = recommend(params, directive, version=7).orderBy("rank").collect()
+    assert [(r["customer_id"], r["rank"], r["priority"]) for r in rows] == [("C2", 1, 11.0), ("C1", 2, 3.0), ("C3", 3, 2.0)]
+    again = {r["customer_id"]: r["recommendation_id"] for r in recommend(params, directive, version=7).collect()}
+    assert again == {r["customer_id"]: r["recommendation_id"] for r in rows}  # the same ids on a rerun
+    later = {r["customer_id"]: r["recommendation_id"] for r in recommend(params, directive, version=8).collect()}
+    assert set(later.values()).isdisjoint(again.values())
+
+
+def test_recommendation_on_an_unknown_column_is_refused(params):
+    with pytest.raises(CrmError, match=r"s.yaml: recommendations.rules\[0\] \(follow_up\): .*complaints_7d"):
+        recommend(params, _with_recommendations("complaints_7d > 0 AND complaints_30d > 0 AND frequency_90d > 0"), 1, "s.yaml")

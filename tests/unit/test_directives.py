@@ -236,3 +236,45 @@ def test_bad_web_datafication_is_refused(tree: Path, change, message):
     _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["web"]["datafy"]["web"].update(change))
     with pytest.raises(CrmError, match=message):
         _load(tree)
+
+
+def test_cdnow_chain_loads_with_its_purchase_model():
+    loaded = _load(REPO / "directives" / "cdnow")
+    model = loaded.only("strategic").directive.purchase_model
+    functional = loaded.only("functional").directive
+    assert model is not None and functional.as_of.isoformat() == "1997-09-30"
+    assert set(model.parameters().values()) <= {p.name for p in functional.parameters}
+
+
+def _strategic_model(d, **change):
+    d["purchase_model"].update(change)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: _strategic_model(d, frequency="purchase_days_x"), r"purchase_model.frequency: 'purchase_days_x' is not a parameter"),
+        (lambda d: _strategic_model(d, frequency="purchase_span_days"),
+         r"purchase_model.frequency: 'purchase_span_days' is measured by 'first_to_last_days'; the model needs a 'repeat_days' parameter"),
+        (lambda d: _strategic_model(d, holdout={"purchases": "repeat_purchase_days", "units": 39}),
+         r"purchase_model.holdout.purchases: 'repeat_purchase_days' is measured by 'repeat_days'"),
+        (lambda d: _strategic_model(d, margin=1.5), r"purchase_model.margin"),
+        (lambda d: d["kpis"][0].update(expression="avg(clv2)", uses=["clv2"]),
+         r"kpis\[0\] \(customer_lifetime_value\): uses: 'clv2' is not a parameter .* nor an output of its purchase_model"),
+        (lambda d: d.pop("purchase_model"), r"kpis\[0\] \(customer_lifetime_value\): uses: 'clv' is not a parameter"),
+    ],
+)
+def test_bad_purchase_model_is_refused(tmp_path: Path, change, message):
+    root = tmp_path / "cdnow"
+    shutil.copytree(REPO / "directives" / "cdnow", root)
+    _edit(root / "strategic" / "customer_value.yaml", change)
+    with pytest.raises(CrmError, match=message):
+        _load(root)
+
+
+def test_a_parameter_is_either_windowed_or_a_holdout(tmp_path: Path):
+    root = tmp_path / "cdnow"
+    shutil.copytree(REPO / "directives" / "cdnow", root)
+    _edit(root / "functional" / "purchase_histories.yaml", lambda d: d["parameters"][4].update(window_days=30))
+    with pytest.raises(CrmError, match=r"parameters.4: window_days and holdout_days exclude each other"):
+        _load(root)

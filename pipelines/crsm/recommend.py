@@ -1,0 +1,55 @@
+"""The closed knowledge loop: the customers a strategic directive's rules single out, as
+recommendations for the operational CRM, in a Delta table and on a Kafka topic.
+
+Each recommendation has an id derived from the directive, the functional version, the rule
+and the customer, so a consumer that sees one twice (a rerun after a crash between the
+publish and the table append) can drop the copy.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+
+from pyspark.errors import AnalysisException, ParseException
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from pipelines.directives import StrategicDirective
+from pipelines.errors import CrmError
+
+GRAIN = "customer_id"
+
+
+def recommend(scored: DataFrame, directive: StrategicDirective, version: int, where: str = "") -> DataFrame:
+    """One row per customer and rule that selects them, ranked by the rule's priority."""
+    parts = []
+    for i, rule in enumerate(directive.recommendations.rules):
+        try:
+            _ = scored.select(GRAIN, *rule.uses).where(F.expr(rule.when)).select(F.expr(rule.priority)).schema  # analysis only
+        except (AnalysisException, ParseException) as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise CrmError(f"{where}: recommendations.rules[{i}] ({rule.name}): {reason}") from exc
+        parts.append(
+            scored.where(F.coalesce(F.expr(rule.when), F.lit(False))).select(
+                F.col(GRAIN),
+                F.lit(rule.name).alias("recommendation"),
+                F.expr(rule.priority).cast("double").alias("priority"),
+                F.lit(rule.description).alias("reason"),
+            )
+        )
+    ranked = reduce(DataFrame.unionByName, parts).withColumn(
+        "rank", F.row_number().over(Window.partitionBy("recommendation").orderBy(F.desc_nulls_last("priority"), GRAIN))
+    )
+    key = F.concat_ws("|", F.lit(directive.id), F.lit(str(version)), F.col("recommendation"), F.col(GRAIN))
+    return ranked.select(F.sha2(key, 256).alias("recommendation_id"), "*")
+
+
+def publish(recommendations: DataFrame, bootstrap: str, topic: str) -> None:
+    """Write each recommendation as JSON, keyed by customer, with Spark's Kafka sink."""
+    (
+        recommendations.select(F.col(GRAIN).alias("key"), F.to_json(F.struct(*recommendations.columns)).alias("value"))
+        .write.format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap)
+        .option("topic", topic)
+        .save()
+    )

@@ -1,0 +1,38 @@
+"""CRFM segments: RFM scores and named segments, and k-means clusters, on hand-made parameters."""
+
+from __future__ import annotations
+
+from pipelines.crfm.segments import clusters, rfm_scores, segments
+from pipelines.directives import Clustering, RfmScores, Segmentation
+
+RFM = RfmScores(recency="recency_days", frequency="orders", monetary="spend", bins=5)
+
+
+def test_rfm_scores_are_quantile_bins_and_name_the_segment(spark):
+    # Recency 1..10 days and 10..1 orders: the recent customers are also the frequent ones.
+    rows = [(f"C{i:02d}", i, 11 - i, float(i * 10)) for i in range(1, 11)] + [("NONE", None, None, None)]
+    params = spark.createDataFrame(rows, "customer_id string, recency_days int, orders int, spend double")
+    got = {r["customer_id"]: r for r in rfm_scores(params, RFM).collect()}
+    # Edges at the 20/40/60/80% quantiles (2, 4, 6, 8): fewer days score higher, more orders score higher.
+    assert [got[f"C{i:02d}"]["r_score"] for i in range(1, 11)] == [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]
+    assert [got[f"C{i:02d}"]["f_score"] for i in range(1, 11)] == [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]
+    assert [got[f"C{i:02d}"]["m_score"] for i in range(1, 11)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    segments_of = [got[f"C{i:02d}"]["rfm_segment"] for i in range(1, 11)]
+    assert segments_of == ["champions"] * 4 + ["needs_attention"] * 2 + ["hibernating"] * 4
+    assert got["NONE"]["rfm_segment"] == "no_purchase" and got["NONE"]["r_score"] is None
+
+
+def test_kmeans_separates_two_groups_of_customers(spark):
+    rows = [(f"A{i}", 1 + i % 3, 20 + i % 2) for i in range(20)] + [(f"B{i}", 60 + i % 3, 1 + i % 2) for i in range(20)]
+    params = spark.createDataFrame(rows, "customer_id string, recency_days int, orders int")
+    got = {r["customer_id"]: r["cluster"] for r in clusters(params, Clustering(features=["recency_days", "orders"], k=2)).collect()}
+    assert len({got[f"A{i}"] for i in range(20)}) == 1 and len({got[f"B{i}"] for i in range(20)}) == 1
+    assert got["A0"] != got["B0"]
+
+
+def test_segments_keep_one_row_per_customer_with_the_named_columns(spark):
+    params = spark.createDataFrame([(f"C{i}", i, i % 4, float(i)) for i in range(1, 30)], "customer_id string, recency_days int, orders int, spend double")
+    seg = Segmentation(rfm=RFM, clustering=Clustering(features=["recency_days", "orders"], k=3))
+    out = segments(params, seg, "customer_id")
+    assert out.columns == ["customer_id", "recency_days", "orders", "spend", "r_score", "f_score", "m_score", "rfm_segment", "cluster"]
+    assert out.count() == 29 and out.select("customer_id").distinct().count() == 29
