@@ -65,11 +65,17 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     # The validity checks of the strategic directive this one serves re-measure the parameters.
     validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
     if validity is not None:
-        variants = functional_table(profile, directive.id, "variants")
-        overwrite_unless_current(spark, variants, source_version, lambda: parameter_variants(every_row, directive, as_of(), validity.windows).select("*", *lineage()))
+
+        def variants():
+            return parameter_variants(every_row, directive, as_of(), validity.windows).select("*", *lineage())
+
+        overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants)
     if directive.segmentation is not None:
-        table = functional_table(profile, directive.id, "segments")
-        overwrite_unless_current(spark, table, source_version, lambda: segments(spark.read.format("delta").load(out), directive.segmentation, directive.grain))
+
+        def customer_segments():
+            return segments(spark.read.format("delta").load(out), directive.segmentation, directive.grain)
+
+        overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments)
     customers = spark.read.format("delta").load(out).count()
     if rebuilt:
         log.info("functional %s: %d customers from silver version %d", directive.id, customers, source_version)

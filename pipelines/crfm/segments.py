@@ -55,13 +55,20 @@ def rfm_scores(params: DataFrame, rfm: RfmScores) -> DataFrame:
 
 
 def clusters(params: DataFrame, clustering: Clustering) -> DataFrame:
-    """params plus `cluster`, from k-means on the standardised features (nulls as 0)."""
+    """params plus `cluster`, from k-means on the standardised features (nulls as 0).
+
+    With fewer distinct customers than k, k is lowered to their number: MLlib's k-means fails
+    when it cannot find k distinct centres.
+    """
     filled = params.fillna(0, subset=clustering.features)
+    distinct = filled.select(*clustering.features).distinct().limit(clustering.k).count()
+    if distinct < 2:
+        return params.withColumn("cluster", F.lit(0))
     model = Pipeline(
         stages=[
             VectorAssembler(inputCols=clustering.features, outputCol="_features"),
             StandardScaler(inputCol="_features", outputCol="_scaled", withMean=True, withStd=True),
-            KMeans(featuresCol="_scaled", predictionCol="cluster", k=clustering.k, seed=clustering.seed),
+            KMeans(featuresCol="_scaled", predictionCol="cluster", k=min(clustering.k, distinct), seed=clustering.seed),
         ]
     ).fit(filled)
     return model.transform(filled).drop("_features", "_scaled").select(*params.columns, "cluster")

@@ -36,3 +36,11 @@ def test_segments_keep_one_row_per_customer_with_the_named_columns(spark):
     out = segments(params, seg, "customer_id")
     assert out.columns == ["customer_id", "recency_days", "orders", "spend", "r_score", "f_score", "m_score", "rfm_segment", "cluster"]
     assert out.count() == 29 and out.select("customer_id").distinct().count() == 29
+
+
+def test_fewer_distinct_customers_than_clusters_still_get_a_cluster(spark):
+    params = spark.createDataFrame([("A", 1, 1), ("B", 1, 1), ("C", 9, 5)], "customer_id string, recency_days int, orders int")
+    got = {r["customer_id"]: r["cluster"] for r in clusters(params, Clustering(features=["recency_days", "orders"], k=4)).collect()}
+    assert got["A"] == got["B"] != got["C"]
+    one = spark.createDataFrame([("A", 1, 1)], "customer_id string, recency_days int, orders int")
+    assert [r["cluster"] for r in clusters(one, Clustering(features=["recency_days", "orders"], k=4)).collect()] == [0]
