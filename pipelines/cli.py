@@ -297,6 +297,7 @@ def cmd_demo(args, profile: Profile) -> int:
     if started_here:
         broker.start(profile)
         log.info("broker started on %s", profile.kafka.bootstrap_servers)
+    spark = None
     try:
         if args.replay:
             _replay(profile, directives, args.replay, None, None)
@@ -313,6 +314,8 @@ def cmd_demo(args, profile: Profile) -> int:
         print(f"\nDelta tables under {profile.lakehouse} (crom/, crfm/, crsm/); read them with "
               f"spark.read.format('delta').load(path) or the `deltalake` package.")
     finally:
+        if spark is not None:
+            spark.stop()  # before the broker: Spark's Kafka producer would retry a stopped broker
         if started_here:
             broker.stop(profile)
             log.info("broker stopped")

@@ -112,9 +112,9 @@ def _recommend(spark: SparkSession, profile: Profile, directive, scored: DataFra
     rows = recommend(scored, directive, version, where).select("*", *_lineage(directive, version)).cache()
     try:
         ensure_topics(profile.kafka.bootstrap_servers, {"recommendations": directive.recommendations})
-        publish(rows, profile.kafka.bootstrap_servers, directive.recommendations.topic)
+        sent = publish(rows, profile.kafka.bootstrap_servers, directive.recommendations.topic)
         appender.append(rows, path, version)
-        log.info("recommendations of %s: %d published to %s", directive.id, rows.count(), directive.recommendations.topic)
+        log.info("recommendations of %s: %d published to %s", directive.id, sent, directive.recommendations.topic)
     finally:
         rows.unpersist()
 

@@ -44,12 +44,21 @@ def recommend(scored: DataFrame, directive: StrategicDirective, version: int, wh
     return ranked.select(F.sha2(key, 256).alias("recommendation_id"), "*")
 
 
-def publish(recommendations: DataFrame, bootstrap: str, topic: str) -> None:
-    """Write each recommendation as JSON, keyed by customer, with Spark's Kafka sink."""
-    (
-        recommendations.select(F.col(GRAIN).alias("key"), F.to_json(F.struct(*recommendations.columns)).alias("value"))
-        .write.format("kafka")
-        .option("kafka.bootstrap.servers", bootstrap)
-        .option("topic", topic)
-        .save()
-    )
+def publish(recommendations: DataFrame, bootstrap: str, topic: str) -> int:
+    """Send each recommendation as JSON, keyed by customer, and wait for the broker's acks.
+
+    The rows stream to the driver a partition at a time (toLocalIterator), and kafka-python's
+    producer is closed when done, so nothing keeps retrying a broker that later stops.
+    """
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    sent = 0
+    try:
+        for row in recommendations.select(F.col(GRAIN).alias("key"), F.to_json(F.struct(*recommendations.columns)).alias("value")).toLocalIterator():
+            producer.send(topic, key=(row["key"] or "").encode(), value=row["value"].encode())
+            sent += 1
+        producer.flush()
+    finally:
+        producer.close()
+    return sent
