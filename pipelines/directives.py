@@ -81,7 +81,7 @@ class PurchaseModel(_Strict):
     holdout: Holdout | None = None
 
     def parameters(self) -> dict[str, str]:
-        """Role -> functional parameter, with the measure each role needs."""
+        """Role -> the functional parameter named for it (MODEL_MEASURES gives the measure each needs)."""
         named = {"frequency": self.frequency, "recency": self.recency, "age": self.age, "monetary": self.monetary}
         if self.holdout:
             named["holdout.purchases"] = self.holdout.purchases
