@@ -315,7 +315,7 @@ def cmd_demo(args, profile: Profile) -> int:
               f"spark.read.format('delta').load(path) or the `deltalake` package.")
     finally:
         if spark is not None:
-            spark.stop()  # before the broker: Spark's Kafka producer would retry a stopped broker
+            spark.stop()  # before the broker, so no Kafka client in Spark outlives it
         if started_here:
             broker.stop(profile)
             log.info("broker stopped")
