@@ -154,18 +154,23 @@ def cmd_resolve(args, profile: Profile) -> int:
     return 0
 
 
-def _functional(spark, profile: Profile, directives) -> None:
+def _functional(spark, profile: Profile, directives, full: bool = False) -> None:
     from pipelines.crfm.job import run_functional
 
     for functional in directives.functional.values():
-        run = run_functional(spark, profile, directives, functional)
-        state = "up to date, nothing new" if run.skipped else "recomputed"
+        run = run_functional(spark, profile, directives, functional, full)
+        if run.skipped:
+            state = "up to date, nothing new"
+        elif run.rebuilt_partials:
+            state = f"recomputed from all {run.new_events:,} silver events"
+        else:
+            state = f"updated with {run.new_events:,} new silver events"
         print(f"functional {functional.directive.id}: {run.customers:,} customers ({state}) -> {run.table}")
 
 
 def cmd_functional(args, profile: Profile) -> int:
     directives = _check_all(profile)
-    _functional(_spark(profile, "crfm-functional"), profile, directives)
+    _functional(_spark(profile, "crfm-functional"), profile, directives, args.full)
     return 0
 
 
@@ -393,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("functional", parents=[common], help="run CRFM: silver -> functional parameters")
+    p.add_argument("--full", action="store_true", help="recompute from all of silver instead of only its new events")
     p.set_defaults(func=cmd_functional)
 
     p = sub.add_parser("strategic", parents=[common], help="run CRSM: functional parameters -> KPIs against targets")

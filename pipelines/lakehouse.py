@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from delta.tables import DeltaTable
+from delta.tables import DeltaMergeBuilder, DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -12,6 +12,8 @@ from pyspark.sql import types as T
 from pipelines.errors import CrmError
 
 log = logging.getLogger(__name__)
+
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 def ensure_table(spark: SparkSession, path: str, schema: T.StructType) -> None:
@@ -38,10 +40,11 @@ def table_version(spark: SparkSession, path: str) -> int:
     return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
 
 
-def overwrite_unless_current(spark: SparkSession, path: str, source_version: int, build) -> bool:
+def overwrite_unless_current(spark: SparkSession, path: str, source_version: int, build, force: bool = False) -> bool:
     """Overwrite the table at `path` with `build()` plus a `source_version` column, unless it
-    already holds that version; True if it was rebuilt. For tables derived whole from others."""
-    if DeltaTable.isDeltaTable(spark, path):
+    already holds that version (and not `force`); True if it was rebuilt. For tables derived
+    whole from others."""
+    if not force and DeltaTable.isDeltaTable(spark, path):
         done = spark.read.format("delta").load(path).agg(F.max("source_version")).first()[0]
         if done == source_version:
             return False
@@ -68,7 +71,7 @@ def _clear_interrupted_create(spark: SparkSession, path: str) -> None:
 
 
 class BatchAppender:
-    """Appends each (table, batch id) at most once, so replaying a batch changes nothing.
+    """Writes (appends or MERGEs) each (table, batch id) at most once, so replaying a batch changes nothing.
 
     foreachBatch is at-least-once. Delta's txnAppId/txnVersion would do this, but it rebuilds
     the table state on every commit (about 1 s each here). Instead each commit carries
@@ -102,5 +105,18 @@ class BatchAppender:
         if self.enabled and batch_id <= self.last_batch(path):
             return False
         df.write.format("delta").mode("append").option("userMetadata", f"{self.app_id}:{batch_id}").save(path)
+        self._last[path] = batch_id
+        return True
+
+    def merge(self, merge: DeltaMergeBuilder, path: str, batch_id: int) -> bool:
+        """Run a MERGE into the table at `path` unless this batch is already in it; True if run."""
+        if self.enabled and batch_id <= self.last_batch(path):
+            return False
+        # A MERGE takes no writer options; its commit metadata comes from the session.
+        self.spark.conf.set(USER_METADATA, f"{self.app_id}:{batch_id}")
+        try:
+            merge.execute()
+        finally:
+            self.spark.conf.unset(USER_METADATA)
         self._last[path] = batch_id
         return True

@@ -1,9 +1,11 @@
 """The CRFM job: silver tables -> one functional Delta table per functional directive.
 
-The job recomputes when any silver table it reads has a new Delta version, and does
-nothing otherwise; `source_version` in the output records what it was computed from. When
-the strategic directive it serves asks for validity checks, `<table>_variants` holds the
-parameters re-measured for them (see parameter_variants); with `segmentation`,
+Each source's new silver events are folded into daily partials (incremental.py); the
+parameters are then rolled up from those partials, so old events are never re-read. The
+roll-up runs when a silver table it reads has a new Delta version or the partials were
+rebuilt, and not otherwise; `source_version` in the output records what it was computed
+from. When the strategic directive it serves asks for validity checks, `<table>_variants`
+holds the parameters re-measured for them (see parameter_variants); with `segmentation`,
 `<table>_segments` holds RFM scores, segments and k-means clusters.
 """
 
@@ -17,7 +19,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Profile
-from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, parameter_variants, trusted
+from pipelines.crfm.incremental import update_partials
+from pipelines.crfm.parameters import as_of_time, by_source, check_plan, customer_parameters, parameter_variants
 from pipelines.crfm.segments import segments
 from pipelines.directives import DirectiveSet, Loaded
 from pipelines.lakehouse import overwrite_unless_current, table_version
@@ -31,24 +34,35 @@ class FunctionalRun:
     table: str
     customers: int
     source_version: int
+    new_events: int  # silver rows folded into the partials by this run
+    rebuilt_partials: bool  # partials recomputed from all of silver
     skipped: bool
 
 
-def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveSet, functional: Loaded) -> FunctionalRun:
+def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveSet, functional: Loaded, full: bool = False) -> FunctionalRun:
+    """Bring the directive's tables up to date; `full` recomputes the partials from all of silver."""
     directive = functional.directive
-    sources = sorted({p.source for p in directive.parameters})
-    paths = {s: silver_table(profile, s) for s in sources}
+    params = by_source(directive)
+    paths = {s: silver_table(profile, s) for s in sorted(params)}
     # Versions only grow, so their sum identifies the input state and grows with it.
-    source_version = sum(table_version(spark, paths[s]) for s in sources)
-    every_row = {s: spark.read.format("delta").load(p) for s, p in paths.items()}
-    silver = {s: trusted(df, directive.include_untrusted) for s, df in every_row.items()}
-    check_plan(spark, directive, {s: df.schema for s, df in silver.items()}, str(functional.path))
+    source_version = sum(table_version(spark, p) for p in paths.values())
+    schemas = {s: spark.read.format("delta").load(p).schema for s, p in paths.items()}
+    check_plan(spark, directive, schemas, str(functional.path))
 
+    runs = {
+        source: update_partials(
+            spark, path, functional_table(profile, directive.id, f"partials_{source}"),
+            profile.checkpoints / "crfm" / directive.id / source, params[source], directive.grain, full,
+        )
+        for source, path in paths.items()
+    }  # fmt: skip
+    rebuilt_partials = any(run.rebuilt for run in runs.values())
+    daily = {s: spark.read.format("delta").load(run.table) for s, run in runs.items()}
     out = functional_table(profile, directive.id)
 
     @cache
-    def as_of():  # a job over silver: run only when something is rebuilt
-        return as_of_time(directive, silver, sources)
+    def as_of():  # a job over the partials: run only when something is rebuilt
+        return as_of_time(directive, daily)
 
     def lineage():
         return [
@@ -59,24 +73,25 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         ]
 
     def parameters():
-        return customer_parameters(silver, directive, as_of()).select("*", *lineage())
+        return customer_parameters(daily, directive, as_of()).select("*", *lineage())
 
-    rebuilt = overwrite_unless_current(spark, out, source_version, parameters)
+    rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials)
     # The validity checks of the strategic directive this one serves re-measure the parameters.
     validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
     if validity is not None:
 
         def variants():
-            return parameter_variants(every_row, directive, as_of(), validity.windows).select("*", *lineage())
+            return parameter_variants(daily, directive, as_of(), validity.windows).select("*", *lineage())
 
-        overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants)
+        overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants, force=rebuilt)
     if directive.segmentation is not None:
 
         def customer_segments():
             return segments(spark.read.format("delta").load(out), directive.segmentation, directive.grain)
 
-        overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments)
+        overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments, force=rebuilt)
     customers = spark.read.format("delta").load(out).count()
+    new_events = sum(run.new_events for run in runs.values())
     if rebuilt:
-        log.info("functional %s: %d customers from silver version %d", directive.id, customers, source_version)
-    return FunctionalRun(out, customers, source_version, skipped=not rebuilt)
+        log.info("functional %s: %d customers from silver version %d (%d new events)", directive.id, customers, source_version, new_events)
+    return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, skipped=not rebuilt)

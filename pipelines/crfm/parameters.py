@@ -1,10 +1,20 @@
 """Compile a functional directive's parameters into Spark aggregations, per customer.
 
-Windows count back from `as_of`: the end of the directive's as_of day, else the newest event
-time in the inputs, so a rerun on the same data gives the same numbers. Row measures
-aggregate events; day measures first make each customer's events of one day one purchase
-day, as BG/NBD and Gamma-Gamma count purchases. Expressions are checked against the silver
-schemas by building a plan on an empty DataFrame, which runs no job.
+The work is split in two so new events can be added without re-reading old ones:
+
+- `daily_partials` folds silver events into one row per customer, day and trust: for each
+  parameter, the partial sums its measure needs (rows, totals, distinct values, the latest
+  value). Partials of the same key add up (`merge_partials`), so a day's row can be updated
+  from a micro-batch of new events with a MERGE.
+- `customer_parameters` rolls those rows up into one row per customer, for a given as_of
+  and trust choice: windows, holdouts and recency are decided here, on whole days.
+
+Windows are whole days: `window_days: 90` counts the 90 days up to and including the as_of
+day; a holdout counts the N days after it. as_of is the end of the directive's as_of day,
+else the end of the newest event's day, so a rerun on the same data gives the same numbers.
+Row measures aggregate events; day measures make each customer's events of one day one
+purchase day, as BG/NBD and Gamma-Gamma count purchases. Expressions are checked against
+the silver schemas by building a plan on an empty DataFrame, which runs no job.
 """
 
 from __future__ import annotations
@@ -17,158 +27,216 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.directives import DAY_MEASURES, ROW_MEASURES, UNTRUSTED, FunctionalDirective, Parameter, Windows
+from pipelines.directives import DAY_MEASURES, UNTRUSTED, FunctionalDirective, Parameter, Windows
 from pipelines.errors import CrmError
 
 EVENT_TIME = "event_time"
-DAY = "_day"
+DAY = "day"
+TRUSTED = "trusted"  # False for events of producers no source lists
 VARIANT = "variant"
 
+# The partial sums each measure needs, per customer, day and trust.
+ROWS, TOTAL, VALUES, DISTINCT, LAST = "rows", "total", "values", "distinct", "last"
+PARTS = {
+    "count": (ROWS,),
+    "sum": (TOTAL,),
+    "avg": (TOTAL, VALUES),
+    "count_distinct": (DISTINCT,),
+    "last": (LAST,),
+    "recency_days": (ROWS,),
+    **{measure: (ROWS, TOTAL) for measure in DAY_MEASURES},
+}
 
-def _in_scope(param: Parameter, as_of: Column) -> Column:
-    """Events the parameter counts: up to as_of (back window_days), or the holdout after it."""
-    when = F.col(EVENT_TIME)
+
+def part(param: Parameter, kind: str) -> str:
+    return f"{param.name}__{kind}"
+
+
+def keys(grain: str) -> list[str]:
+    return [grain, DAY, TRUSTED]
+
+
+def _partial(param: Parameter, kind: str) -> Column:
+    """One partial sum of a parameter over a group of events: only the rows its filter keeps."""
+    kept = F.coalesce(F.expr(param.filter), F.lit(False)) if param.filter else F.lit(True)
+    value = F.col(param.column) if param.column else F.lit(None).cast(T.DoubleType())
+    if kind == ROWS:
+        agg = F.count(F.when(kept, 1))
+    elif kind == TOTAL:
+        agg = F.sum(F.when(kept, value).cast(T.DoubleType()))
+    elif kind == VALUES:
+        agg = F.count(F.when(kept, value))
+    elif kind == DISTINCT:
+        agg = F.collect_set(F.when(kept, value))
+    else:  # LAST: the newest event's value; on a tie in time, the larger value, as in any order
+        agg = F.max(F.when(kept, F.struct(F.col(EVENT_TIME).alias("at"), value.alias("value"))))
+    return agg.alias(part(param, kind))
+
+
+def daily_partials(silver: DataFrame, params: list[Parameter], grain: str) -> DataFrame:
+    """One row per customer, day and trust with each parameter's partial sums (pure)."""
+    events = silver.where(F.col(grain).isNotNull() & F.col(EVENT_TIME).isNotNull())
+    by = [F.col(grain), F.to_date(EVENT_TIME).alias(DAY), (F.col("trust_level") != F.lit(UNTRUSTED)).alias(TRUSTED)]
+    return events.groupBy(*by).agg(*[_partial(p, kind) for p in params for kind in PARTS[p.measure]])
+
+
+def merge_partials(params: list[Parameter], old: str, new: str) -> dict[str, Column]:
+    """SQL expressions that add the partials of `new` (aliased rows) to those of `old`."""
+    merged = {}
+    for param in params:
+        for kind in PARTS[param.measure]:
+            a, b = F.col(f"{old}.{part(param, kind)}"), F.col(f"{new}.{part(param, kind)}")
+            if kind in (ROWS, VALUES):
+                merged[part(param, kind)] = a + b
+            elif kind == TOTAL:
+                merged[part(param, kind)] = F.coalesce(a + b, a, b)
+            elif kind == DISTINCT:
+                merged[part(param, kind)] = F.array_union(a, b)
+            else:
+                merged[part(param, kind)] = F.greatest(a, b)
+    return merged
+
+
+def _per_day(daily: DataFrame, params: list[Parameter], grain: str) -> DataFrame:
+    """Trusted and untrusted rows of one customer and day added up (the trust choice is made)."""
+    sums = []
+    for param in params:
+        for kind in PARTS[param.measure]:
+            c = F.col(part(param, kind))
+            if kind == DISTINCT:
+                agg = F.array_distinct(F.flatten(F.collect_list(c)))
+            elif kind == LAST:
+                agg = F.max(c)
+            else:
+                agg = F.sum(c)
+            sums.append(agg.alias(part(param, kind)))
+    return daily.groupBy(grain, DAY).agg(*sums)
+
+
+def _days_in_scope(param: Parameter, as_of_day: Column) -> Column:
+    """The days a parameter counts: up to as_of (back window_days), or the holdout after it."""
+    day = F.col(DAY)
     if param.holdout_days:
-        cond = (when > as_of) & (when <= as_of + F.make_interval(days=F.lit(param.holdout_days)))
-    else:
-        cond = when <= as_of
-        if param.window_days:
-            cond = cond & (when > as_of - F.make_interval(days=F.lit(param.window_days)))
-    if param.filter:
-        cond = cond & F.coalesce(F.expr(param.filter), F.lit(False))
-    return when.isNotNull() & cond
+        return (day > as_of_day) & (day <= F.date_add(as_of_day, param.holdout_days))
+    scope = day <= as_of_day
+    if param.window_days:
+        scope = scope & (day > F.date_sub(as_of_day, param.window_days))
+    return scope
 
 
-def aggregate(param: Parameter, as_of: Column) -> Column:
-    """The aggregate Column of a row measure over events; counts and sums are 0, not null, when empty."""
-    scope = _in_scope(param, as_of)
-    value = F.col(param.column) if param.column else F.lit(1)
+def rollup(param: Parameter, as_of_day: Column) -> Column:
+    """The aggregate Column of a parameter over one customer's per-day partials; counts and
+    sums are 0, not null, when nothing is in scope."""
+    scope = _days_in_scope(param, as_of_day)
+    c = {kind: F.when(scope, F.col(part(param, kind))) for kind in PARTS[param.measure]}
     measure = param.measure
     if measure == "count":
-        agg = F.count(F.when(scope, 1))
+        agg = F.coalesce(F.sum(c[ROWS]), F.lit(0).cast(T.LongType()))
     elif measure == "sum":
-        agg = F.coalesce(F.sum(F.when(scope, value)), F.lit(0).cast(T.DoubleType()))
+        agg = F.coalesce(F.sum(c[TOTAL]), F.lit(0.0))
     elif measure == "avg":
-        agg = F.avg(F.when(scope, value))
+        values = F.sum(c[VALUES])
+        agg = F.when(values > 0, F.sum(c[TOTAL]) / values)
     elif measure == "count_distinct":
-        agg = F.count_distinct(F.when(scope, value))
+        agg = F.size(F.array_distinct(F.flatten(F.collect_list(c[DISTINCT]))))
     elif measure == "last":
-        agg = F.max_by(F.when(scope, value), F.when(scope, F.col(EVENT_TIME)))
+        agg = F.max(c[LAST])["value"]
     elif measure == "recency_days":
-        agg = F.datediff(F.to_date(as_of), F.to_date(F.max(F.when(scope, F.col(EVENT_TIME)))))
-    else:  # the directive model admits no other measure
-        raise ValueError(measure)
+        agg = F.datediff(as_of_day, F.max(F.when(c[ROWS] > 0, F.col(DAY))))
+    else:  # a day measure: the days with an event its filter keeps are purchase days
+        day = F.when(c[ROWS] > 0, F.col(DAY))
+        days = F.count(day)
+        if measure == "active_days":
+            agg = days
+        elif measure == "repeat_days":
+            agg = F.when(days > 0, days - 1)
+        elif measure == "first_to_last_days":
+            agg = F.datediff(F.max(day), F.min(day))
+        elif measure == "tenure_days":
+            agg = F.datediff(as_of_day, F.min(day))
+        elif measure == "repeat_avg":  # the first day's total left out: BG/NBD counts repeat purchases
+            total = F.col(part(param, TOTAL))
+            agg = F.when(days > 1, (F.sum(F.when(day.isNotNull(), total)) - F.min_by(total, day)) / (days - 1))
+        else:  # the directive model admits no other measure
+            raise ValueError(measure)
     return agg.alias(param.name)
 
 
-def _daily(frame: DataFrame, grain: str, params: list[Parameter], as_of: Column) -> DataFrame:
-    """One row per customer and day: whether each parameter counts the day, and its total."""
-    per_param = []
-    for i, param in enumerate(params):
-        scope = _in_scope(param, as_of)
-        value = F.col(param.column) if param.column else F.lit(0.0)
-        per_param += [F.max(scope).alias(f"_in{i}"), F.sum(F.when(scope, value)).alias(f"_total{i}")]
-    return frame.groupBy(grain, F.to_date(EVENT_TIME).alias(DAY)).agg(*per_param)
-
-
-def day_aggregate(i: int, param: Parameter, as_of: Column) -> Column:
-    """The aggregate Column of a day measure over `_daily` rows: a customer's purchase days."""
-    day = F.when(F.col(f"_in{i}"), F.col(DAY))
-    days = F.count(day)
-    measure = param.measure
-    if measure == "active_days":
-        agg = days
-    elif measure == "repeat_days":
-        agg = F.when(days > 0, days - 1)
-    elif measure == "first_to_last_days":
-        agg = F.datediff(F.max(day), F.min(day))
-    elif measure == "tenure_days":
-        agg = F.datediff(F.to_date(as_of), F.min(day))
-    elif measure == "repeat_avg":  # the first day's total left out: BG/NBD counts repeat purchases
-        total = F.col(f"_total{i}")
-        agg = F.when(days > 1, (F.sum(F.when(day.isNotNull(), total)) - F.min_by(total, day)) / (days - 1))
-    else:  # the directive model admits no other measure
-        raise ValueError(measure)
-    return agg.alias(param.name)
-
-
-def _source_part(frame: DataFrame, grain: str, params: list[Parameter], as_of: Column) -> DataFrame:
-    """One row per customer with the given parameters of one source."""
-    rows = [p for p in params if p.measure in ROW_MEASURES]
-    days = [p for p in params if p.measure in DAY_MEASURES]
-    parts = []
-    if rows:
-        parts.append(frame.groupBy(grain).agg(*[aggregate(p, as_of) for p in rows]))
-    if days:
-        parts.append(_daily(frame, grain, days, as_of).groupBy(grain).agg(*[day_aggregate(i, p, as_of) for i, p in enumerate(days)]))
-    return reduce(lambda left, right: left.join(right, grain, "full_outer"), parts)
-
-
-def _by_source(directive: FunctionalDirective) -> dict[str, list[Parameter]]:
+def by_source(directive: FunctionalDirective) -> dict[str, list[Parameter]]:
     groups: dict[str, list[Parameter]] = {}
     for param in directive.parameters:
         groups.setdefault(param.source, []).append(param)
     return groups
 
 
-def check_plan(spark: SparkSession, directive: FunctionalDirective, schemas: dict[str, T.StructType], where: str) -> None:
-    """Analyse every aggregation on an empty frame of each silver schema; no job runs."""
-    as_of = F.lit("2000-01-01").cast("timestamp")
-    for source, params in _by_source(directive).items():
-        empty = spark.createDataFrame([], schemas[source])
-        for param in params:
-            try:
-                _ = _source_part(empty, directive.grain, [param], as_of).schema  # analysis only
-            except (AnalysisException, ParseException) as exc:
-                reason = str(exc).strip().splitlines()[0]
-                raise CrmError(f"{where}: parameters ({param.name}): {reason}") from exc
+def _trust(daily: DataFrame, include_untrusted: bool) -> DataFrame:
+    return daily if include_untrusted else daily.where(F.col(TRUSTED))
 
 
-def customer_parameters(silver: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column) -> DataFrame:
-    """One row per customer with every parameter; customers missing from a source get 0 counts."""
+def customer_parameters(
+    daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, include_untrusted: bool | None = None
+) -> DataFrame:
+    """One row per customer with every parameter, from each source's daily partials; customers
+    missing from a source get 0 counts. Trust follows the directive unless given."""
     grain = directive.grain
+    include = directive.include_untrusted if include_untrusted is None else include_untrusted
+    as_of_day = F.to_date(as_of)
     parts = []
-    for source, params in _by_source(directive).items():
-        frame = silver[source].where(F.col(grain).isNotNull())
-        parts.append(_source_part(frame, grain, params, as_of))
+    for source, params in by_source(directive).items():
+        days = _per_day(_trust(daily[source], include), params, grain)
+        parts.append(days.groupBy(grain).agg(*[rollup(p, as_of_day) for p in params]))
     joined = reduce(lambda left, right: left.join(right, grain, "full_outer"), parts)
     zero_when_absent = {p.name: 0 for p in directive.parameters if p.measure in ("count", "count_distinct", "sum", "active_days")}
     return joined.fillna(zero_when_absent).select(grain, *[p.name for p in directive.parameters])
 
 
-def as_of_time(directive: FunctionalDirective, silver: dict[str, DataFrame], sources: list[str]) -> Column:
+def silver_partials(silver: dict[str, DataFrame], directive: FunctionalDirective) -> dict[str, DataFrame]:
+    """Each source's daily partials computed straight from silver: a full recompute."""
+    return {s: daily_partials(silver[s], params, directive.grain) for s, params in by_source(directive).items()}
+
+
+def check_plan(spark: SparkSession, directive: FunctionalDirective, schemas: dict[str, T.StructType], where: str) -> None:
+    """Analyse every parameter's partials and roll-up on an empty frame of each silver schema; no job runs."""
+    as_of = F.lit("2000-01-01").cast("timestamp")
+    for source, params in by_source(directive).items():
+        empty = spark.createDataFrame([], schemas[source])
+        for param in params:
+            single = directive.model_copy(update={"parameters": [param]})
+            try:
+                _ = customer_parameters({source: daily_partials(empty, [param], directive.grain)}, single, as_of).schema  # analysis only
+            except (AnalysisException, ParseException) as exc:
+                reason = str(exc).strip().splitlines()[0]
+                raise CrmError(f"{where}: parameters ({param.name}): {reason}") from exc
+
+
+def as_of_time(directive: FunctionalDirective, daily: dict[str, DataFrame]) -> Column:
     """The instant windows count back from: the end of the directive's as_of day, else the
-    newest event time over the sources it reads."""
-    if directive.as_of is not None:
-        return F.lit(datetime.combine(directive.as_of, time.max)).cast("timestamp")
-    frames = [silver[s].select(EVENT_TIME) for s in sources]
-    union = reduce(DataFrame.unionByName, frames)
-    newest = union.agg(F.max(EVENT_TIME)).first()[0]
-    return F.lit(newest).cast("timestamp")
+    end of the newest day with an event the directive reads (in its trust choice)."""
+    day = directive.as_of
+    if day is None:
+        days = [_trust(frame, directive.include_untrusted).select(DAY) for frame in daily.values()]
+        day = reduce(DataFrame.unionByName, days).agg(F.max(DAY)).first()[0]
+    if day is None:
+        return F.lit(None).cast("timestamp")
+    return F.lit(datetime.combine(day, time.max)).cast("timestamp")
 
 
-def trusted(silver: DataFrame, include_untrusted: bool) -> DataFrame:
-    """Silver rows a directive accepts: events of unknown producers only when it says so (V5)."""
-    return silver if include_untrusted else silver.where(F.col("trust_level") != F.lit(UNTRUSTED))
-
-
-def parameter_variants(silver: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, windows: Windows) -> DataFrame:
+def parameter_variants(daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, windows: Windows) -> DataFrame:
     """The parameters re-measured for the strategic validity checks, one `variant` each:
 
     - `with_untrusted` / `without_untrusted`: the other choice of include_untrusted (V5);
     - `without_<source>`: one source left out (V3);
     - `as_of_minus_<n>d`: as of n days earlier, for each earlier window (V2).
 
-    `silver` holds every silver row, trusted or not; the directive's choice is applied here.
+    `daily` holds every partial, trusted or not; the trust choice is made in the roll-up.
     """
-    chosen = {s: trusted(df, directive.include_untrusted) for s, df in silver.items()}
-    flipped = {s: trusted(df, not directive.include_untrusted) for s, df in silver.items()}
-    variants = [("without_untrusted" if directive.include_untrusted else "with_untrusted", customer_parameters(flipped, directive, as_of))]
-    for source in sorted(chosen):
-        variants.append((f"without_{source}", customer_parameters({**chosen, source: chosen[source].limit(0)}, directive, as_of)))
+    flipped = not directive.include_untrusted
+    variants = [("with_untrusted" if flipped else "without_untrusted", customer_parameters(daily, directive, as_of, flipped))]
+    for source in sorted(daily):
+        variants.append((f"without_{source}", customer_parameters({**daily, source: daily[source].limit(0)}, directive, as_of)))
     for k in range(1, windows.count):
         days = k * windows.step_days
         earlier = as_of - F.make_interval(days=F.lit(days))
-        variants.append((f"as_of_minus_{days}d", customer_parameters(chosen, directive, earlier)))
+        variants.append((f"as_of_minus_{days}d", customer_parameters(daily, directive, earlier)))
     tagged = [frame.withColumn(VARIANT, F.lit(name)) for name, frame in variants]
     return reduce(DataFrame.unionByName, tagged)

@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters
+from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, daily_partials, merge_partials, silver_partials
 from pipelines.directives import FunctionalDirective
 from pipelines.errors import CrmError
 
@@ -25,7 +25,7 @@ def _silver(spark):
             (None, datetime(2026, 6, 20), 5.0),  # no customer: not a parameter of anyone
         ],
         "customer_id string, event_time timestamp, amount double",
-    )
+    ).withColumn("trust_level", F.lit("high"))
     social = spark.createDataFrame(
         [
             ("C1", datetime(2026, 6, 25), "my parcel arrived broken"),
@@ -34,7 +34,7 @@ def _silver(spark):
             ("C3", datetime(2026, 4, 1), "refund please"),  # outside 30 days
         ],
         "customer_id string, event_time timestamp, text string",
-    )
+    ).withColumn("trust_level", F.lit("high"))
     return {"transaction": tx, "social": social}
 
 
@@ -58,7 +58,7 @@ DIRECTIVE = FunctionalDirective.model_validate(
 
 
 def test_parameters_per_customer(spark):
-    got = customer_parameters(_silver(spark), DIRECTIVE, F.lit(AS_OF))
+    got = customer_parameters(silver_partials(_silver(spark), DIRECTIVE), DIRECTIVE, F.lit(AS_OF))
     expected = spark.createDataFrame(
         [
             ("C1", 2, 150.0, 75.0, 1, 100.0, 1),
@@ -71,12 +71,12 @@ def test_parameters_per_customer(spark):
     assertDataFrameEqual(got, expected)
 
 
-def test_as_of_is_the_newest_event_unless_the_directive_names_a_day(spark):
-    silver = _silver(spark)
-    newest = spark.range(1).select(as_of_time(DIRECTIVE, silver, ["transaction", "social"])).first()[0]
-    assert newest == datetime(2026, 6, 30, 12, 0)
+def test_as_of_is_the_newest_events_day_unless_the_directive_names_one(spark):
+    daily = silver_partials(_silver(spark), DIRECTIVE)
+    newest = spark.range(1).select(as_of_time(DIRECTIVE, daily)).first()[0]
+    assert newest == datetime(2026, 6, 30, 23, 59, 59, 999999)  # the newest event is at 12:00 that day
     fixed = DIRECTIVE.model_copy(update={"as_of": date(2026, 6, 1)})
-    end_of_day = spark.range(1).select(as_of_time(fixed, silver, ["transaction"])).first()[0]
+    end_of_day = spark.range(1).select(as_of_time(fixed, daily)).first()[0]
     assert end_of_day == datetime(2026, 6, 1, 23, 59, 59, 999999)
 
 
@@ -117,9 +117,9 @@ def test_day_measures_count_purchase_days_up_to_the_calibration_end(spark):
             ("C3", datetime(2026, 7, 5), 1.0),  # only in the holdout
         ],
         "customer_id string, event_time timestamp, amount double",
-    )
-    as_of = as_of_time(PURCHASE_DAYS, {"transaction": tx}, ["transaction"])
-    got = customer_parameters({"transaction": tx}, PURCHASE_DAYS, as_of)
+    ).withColumn("trust_level", F.lit("high"))
+    daily = silver_partials({"transaction": tx}, PURCHASE_DAYS)
+    got = customer_parameters(daily, PURCHASE_DAYS, as_of_time(PURCHASE_DAYS, daily))
     expected = spark.createDataFrame(
         [
             ("C1", 3, 29, 29, 30.0, 4, 1),  # repeats on 06-11, 06-21, 06-30: (20 + 30 + 40) / 3

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines.crfm.parameters import customer_parameters, parameter_variants, trusted
+from pipelines.crfm.parameters import customer_parameters, parameter_variants, silver_partials
 from pipelines.crsm.kpis import kpi_rows
 from pipelines.crsm.validity import Point, assess, judge, kpi_values_by, volume_points
 from pipelines.directives import FunctionalDirective, StrategicDirective
@@ -105,8 +105,9 @@ def _silver(spark, untrusted_complaints: int):
 def test_untrusted_events_that_shift_a_kpi_make_veracity_not_resolved(spark, untrusted, verdict):
     silver = _silver(spark, untrusted)
     as_of = F.lit(AS_OF)
-    params = customer_parameters({s: trusted(df, False) for s, df in silver.items()}, FUNCTIONAL, as_of)
-    variants = parameter_variants(silver, FUNCTIONAL, as_of, STRATEGIC.validity.windows)
+    daily = silver_partials(silver, FUNCTIONAL)
+    params = customer_parameters(daily, FUNCTIONAL, as_of)
+    variants = parameter_variants(daily, FUNCTIONAL, as_of, STRATEGIC.validity.windows)
     assert {r["variant"] for r in variants.select("variant").distinct().collect()} == {
         "with_untrusted", "without_social", "without_transaction", "as_of_minus_10d"
     }  # fmt: skip

@@ -1,0 +1,111 @@
+"""Keep each source's daily partials (see parameters.py) up to date from silver's new commits.
+
+An AvailableNow stream from each silver Delta table folds the events appended since the
+last run into partials and MERGEs them into `crfm/<name>_partials_<source>`; the stream's
+checkpoint records how far it got, so a run reads only new data. foreachBatch is
+at-least-once and a MERGE that adds is not idempotent, so each MERGE commit carries its
+batch id and a replayed batch is skipped (BatchAppender).
+
+The partials table records a fingerprint of the parameters it folds. When the directive
+changes them, when the table and its checkpoint disagree (one of them lost), or on request
+(`full`), both are removed and the stream starts from silver's first version: a full
+recompute through the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from pipelines.crfm.parameters import daily_partials, keys, merge_partials
+from pipelines.directives import Parameter
+from pipelines.lakehouse import BatchAppender
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = "crm.partials.fingerprint"
+APP_ID = "crfm-partials"
+
+
+@dataclass(frozen=True)
+class PartialsRun:
+    table: str
+    rebuilt: bool
+    new_events: int  # silver rows read by this run
+
+
+def fingerprint(params: list[Parameter], grain: str) -> str:
+    """Changes whenever the partials would be computed differently."""
+    spec = json.dumps([grain, [p.model_dump(mode="json") for p in params]], sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def _stored_fingerprint(spark: SparkSession, table: str) -> str | None:
+    return DeltaTable.forPath(spark, table).detail().first()["properties"].get(FINGERPRINT)
+
+
+def _reason_to_rebuild(spark: SparkSession, table: str, checkpoint: Path, print_: str) -> str | None:
+    has_table, has_checkpoint = DeltaTable.isDeltaTable(spark, table), checkpoint.exists()
+    if not has_table and not has_checkpoint:
+        return None  # a first run builds from scratch anyway
+    if has_table != has_checkpoint:
+        return "its checkpoint is missing" if has_table else "its table is missing"
+    if _stored_fingerprint(spark, table) != print_:
+        return "the directive's parameters changed"
+    return None
+
+
+def update_partials(
+    spark: SparkSession,
+    silver: str,
+    table: str,
+    checkpoint: Path,
+    params: list[Parameter],
+    grain: str,
+    full: bool = False,
+) -> PartialsRun:
+    """Fold silver's new events into the partials table; rebuild it when it cannot be trusted."""
+    print_ = fingerprint(params, grain)
+    reason = "a full recompute was asked for" if full else _reason_to_rebuild(spark, table, checkpoint, print_)
+    rebuilt = reason is not None or not DeltaTable.isDeltaTable(spark, table)
+    if reason is not None:
+        log.info("rebuilding %s from silver: %s", table, reason)
+        shutil.rmtree(checkpoint, ignore_errors=True)  # first, so a crash in between leaves a table without checkpoint: rebuilt again
+        shutil.rmtree(table, ignore_errors=True)
+    if not DeltaTable.isDeltaTable(spark, table):
+        schema = daily_partials(spark.read.format("delta").load(silver).limit(0), params, grain).schema
+        (
+            DeltaTable.createIfNotExists(spark).location(table).addColumns(schema)
+            .property(FINGERPRINT, print_)
+            .property("delta.enableDeletionVectors", "true")  # a MERGE marks replaced rows instead of rewriting files
+            .execute()
+        )  # fmt: skip
+    appender = BatchAppender(spark, APP_ID)
+    on = " AND ".join(f"old.{k} = new.{k}" for k in keys(grain))
+
+    def fold(batch: DataFrame, batch_id: int) -> None:
+        new = daily_partials(batch, params, grain)
+        merge = (
+            DeltaTable.forPath(spark, table).alias("old").merge(new.alias("new"), on)
+            .whenMatchedUpdate(set=merge_partials(params, "old", "new"))
+            .whenNotMatchedInsertAll()
+        )  # fmt: skip
+        appender.merge(merge, table, batch_id)
+
+    query = (
+        spark.readStream.format("delta").load(silver)
+        .writeStream.foreachBatch(fold)
+        .option("checkpointLocation", str(checkpoint))
+        .trigger(availableNow=True)
+        .start()
+    )  # fmt: skip
+    query.awaitTermination()
+    new_events = sum(p["numInputRows"] for p in query.recentProgress)
+    return PartialsRun(table, rebuilt, new_events)
