@@ -207,9 +207,19 @@ class Clustering(_Strict):
     seed: int = 42
 
 
+class Score(_Strict):
+    """A per-customer score: a SQL expression over the parameters, and r_score, f_score and
+    m_score when `rfm` is set (e.g. a lead score for customers who never bought)."""
+
+    name: str = Field(pattern=_NAME)
+    description: str = ""
+    expression: str
+
+
 class Segmentation(_Strict):
     rfm: RfmScores | None = None
     clustering: Clustering | None = None
+    scores: list[Score] = Field(default=[], description="Checked against the parameters when CRFM starts, before any job.")
 
     def parameters(self) -> list[str]:
         named = [self.rfm.recency, self.rfm.frequency, self.rfm.monetary] if self.rfm else []
@@ -589,9 +599,13 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
         needs_column = param.measure in ("sum", "avg", "count_distinct", "last", "repeat_avg")
         if needs_column and not param.column:
             raise CrmError(f"{where}: column: measure {param.measure!r} needs a column")
+        schema = schemas[param.source]
         derived = {f.name for f in datafied[param.source].derived_fields()}
-        if param.column and schemas[param.source].field(param.column) is None and param.column not in derived:
-            raise CrmError(f"{where}: column: {param.column!r} is not a field of {schemas[param.source].name} nor derived by its datafy block")
+        if param.column and param.column not in schema.stored_columns() and param.column not in derived:
+            spec = schema.field(param.column)
+            if spec is not None:  # personal data never reaches silver under its own name
+                raise CrmError(f"{where}: column: {param.column!r} is personal data ({spec.pii}); silver holds it as {', '.join(spec.stored_as)}")
+            raise CrmError(f"{where}: column: {param.column!r} is not a field of {schema.name} nor derived by its datafy block")
 
 
 def _check_segmentation(ref: Loaded) -> None:

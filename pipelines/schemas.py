@@ -23,6 +23,16 @@ PII_TREATMENTS = ("hmac", "scrub", "card")
 IDENTITY_KEYS = ("customer", "email", "phone", "cookie", "device", "handle")
 
 
+def hashed_name(field: str) -> str:
+    """The silver column of an identifier replaced by its keyed pseudonym."""
+    return f"{field}_hmac"
+
+
+def card_names(field: str) -> tuple[str, str]:
+    """The silver columns of a card number: its token and its last four digits."""
+    return f"{field}_token", f"{field}_last4"
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     name: str
@@ -32,6 +42,15 @@ class FieldSpec:
     pii: str | None
     identity: str | None = None  # x-crm-key
     phone_region: str | None = None  # x-crm-phone-region: the field with the country of a national number
+
+    @property
+    def stored_as(self) -> tuple[str, ...]:
+        """Its columns in silver: personal data replaced whole is stored under other names."""
+        if self.pii == "hmac":
+            return (hashed_name(self.name),)
+        if self.pii == "card":
+            return card_names(self.name)
+        return (self.name,)
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,10 @@ class EventSchema:
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
+
+    def stored_columns(self) -> tuple[str, ...]:
+        """The silver columns that come from the event's own fields."""
+        return tuple(c for f in self.fields for c in f.stored_as)
 
 
 def _non_null_type(prop: dict, where: str) -> str:

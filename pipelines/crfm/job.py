@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pipelines.config import Profile
 from pipelines.crfm.incremental import update_partials
 from pipelines.crfm.parameters import as_of_time, by_source, check_plan, customer_parameters, parameter_variants
-from pipelines.crfm.segments import segments
+from pipelines.crfm.segments import check_scores, segments
 from pipelines.directives import DirectiveSet, Loaded
 from pipelines.lakehouse import overwrite_unless_current, table_version
 from pipelines.tables import functional_table, silver_table
@@ -47,7 +47,9 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     # Versions only grow, so their sum identifies the input state and grows with it.
     source_version = sum(table_version(spark, p) for p in paths.values())
     schemas = {s: spark.read.format("delta").load(p).schema for s, p in paths.items()}
-    check_plan(spark, directive, schemas, str(functional.path))
+    planned = check_plan(spark, directive, schemas, str(functional.path))
+    if directive.segmentation is not None:
+        check_scores(planned, directive.segmentation, str(functional.path))
 
     runs = {
         source: update_partials(

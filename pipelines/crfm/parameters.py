@@ -195,18 +195,23 @@ def silver_partials(silver: dict[str, DataFrame], directive: FunctionalDirective
     return {s: daily_partials(silver[s], params, directive.grain) for s, params in by_source(directive).items()}
 
 
-def check_plan(spark: SparkSession, directive: FunctionalDirective, schemas: dict[str, T.StructType], where: str) -> None:
-    """Analyse every parameter's partials and roll-up on an empty frame of each silver schema; no job runs."""
+def analysis_error(exc: AnalysisException | ParseException) -> str:
+    return str(exc).strip().splitlines()[0]
+
+
+def check_plan(spark: SparkSession, directive: FunctionalDirective, schemas: dict[str, T.StructType], where: str) -> DataFrame:
+    """Analyse every parameter's partials and roll-up on an empty frame of each silver schema;
+    no job runs. Returns the (empty) parameters frame, for checks of what is built on it."""
     as_of = F.lit("2000-01-01").cast("timestamp")
+    empty = {source: spark.createDataFrame([], schemas[source]) for source in by_source(directive)}
     for source, params in by_source(directive).items():
-        empty = spark.createDataFrame([], schemas[source])
         for param in params:
             single = directive.model_copy(update={"parameters": [param]})
             try:
-                _ = customer_parameters({source: daily_partials(empty, [param], directive.grain)}, single, as_of).schema  # analysis only
+                _ = customer_parameters({source: daily_partials(empty[source], [param], directive.grain)}, single, as_of).schema  # analysis only
             except (AnalysisException, ParseException) as exc:
-                reason = str(exc).strip().splitlines()[0]
-                raise CrmError(f"{where}: parameters ({param.name}): {reason}") from exc
+                raise CrmError(f"{where}: parameters ({param.name}): {analysis_error(exc)}") from exc
+    return customer_parameters(silver_partials(empty, directive), directive, as_of)
 
 
 def as_of_time(directive: FunctionalDirective, daily: dict[str, DataFrame]) -> Column:

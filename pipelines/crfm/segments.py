@@ -7,13 +7,16 @@ customers through one partition; ties fall into the same bin.
 
 from __future__ import annotations
 
+from pyspark.errors import AnalysisException, ParseException
 from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from pipelines.crfm.parameters import analysis_error
 from pipelines.directives import Clustering, RfmScores, Segmentation
+from pipelines.errors import CrmError
 
 QUANTILE_ERROR = 0.001
 
@@ -74,12 +77,29 @@ def clusters(params: DataFrame, clustering: Clustering) -> DataFrame:
     return model.transform(filled).drop("_features", "_scaled").select(*params.columns, "cluster")
 
 
+def check_scores(params: DataFrame, segmentation: Segmentation, where: str) -> None:
+    """Analyse each score expression on the (empty) parameters frame; no job runs."""
+    rfm = [F.lit(1).alias(c) for c in ("r_score", "f_score", "m_score")] if segmentation.rfm else []
+    scored = params.select("*", *rfm)
+    for score in segmentation.scores:
+        try:
+            _ = scored.select(F.expr(score.expression)).schema  # analysis only
+        except (AnalysisException, ParseException) as exc:
+            raise CrmError(f"{where}: segmentation.scores ({score.name}): {analysis_error(exc)}") from exc
+
+
+def scores(scored: DataFrame, segmentation: Segmentation) -> DataFrame:
+    """scored (parameters, with RFM scores if asked) plus the directive's score expressions."""
+    return scored.select("*", *[F.expr(s.expression).alias(s.name) for s in segmentation.scores])
+
+
 def segments(params: DataFrame, segmentation: Segmentation, grain: str) -> DataFrame:
-    """One row per customer: the RFM scores and segment and the cluster the directive asks for."""
+    """One row per customer: the RFM scores and segment, the cluster and the scores the directive asks for."""
     out = params
     if segmentation.rfm:
         out = rfm_scores(out, segmentation.rfm)
     if segmentation.clustering:
         out = clusters(out, segmentation.clustering)
+    out = scores(out, segmentation)
     added = [c for c in ("r_score", "f_score", "m_score", "rfm_segment", "cluster") if c in out.columns]
-    return out.select(grain, *dict.fromkeys(segmentation.parameters()), *added)
+    return out.select(grain, *dict.fromkeys(segmentation.parameters()), *added, *[s.name for s in segmentation.scores])

@@ -16,8 +16,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.crom.records import hashed_name
-from pipelines.schemas import EventSchema
+from pipelines.schemas import EventSchema, hashed_name
 
 
 def key_links(silver: DataFrame, schema: EventSchema, source: str, time_column: str) -> DataFrame | None:

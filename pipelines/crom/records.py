@@ -9,7 +9,7 @@ from pyspark.sql import types as T
 from pipelines.crom.parse import EXPECTATION_FAILED
 from pipelines.directives import UNTRUSTED, Trust
 from pipelines.privacy import card_token, hmac_sha256, mask_payload, normalise_identifier, normalise_phone, scrub_text
-from pipelines.schemas import EventSchema, FieldSpec
+from pipelines.schemas import EventSchema, FieldSpec, card_names, hashed_name
 
 KAFKA_METADATA = [
     T.StructField("kafka_topic", T.StringType(), True),
@@ -74,15 +74,6 @@ BATCH_AUDIT_SCHEMA = T.StructType(
 # Per-row columns the batch writer adds before routing (see `stage`).
 QUARANTINE_RULES = "_quarantine_rules"
 WARN_FLAGS = "_warn_flags"
-
-
-def hashed_name(field: str) -> str:
-    return f"{field}_hmac"
-
-
-def card_names(field: str) -> tuple[str, str]:
-    """The silver columns of a card number: its token and its last four digits."""
-    return f"{field}_token", f"{field}_last4"
 
 
 def silver_schema(schema: EventSchema, derived: tuple[T.StructField, ...] = ()) -> T.StructType:

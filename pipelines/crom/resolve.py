@@ -17,12 +17,11 @@ from pyspark.sql import functions as F
 
 from pipelines.config import Profile
 from pipelines.crom.identity import key_links, resolve_identities
-from pipelines.crom.records import hashed_name
 from pipelines.crom.web import sessionise, sessions
 from pipelines.directives import Loaded
 from pipelines.errors import CrmError
 from pipelines.lakehouse import overwrite_unless_current, table_version
-from pipelines.schemas import EventSchema
+from pipelines.schemas import EventSchema, hashed_name
 from pipelines.tables import CromTables
 
 log = logging.getLogger(__name__)

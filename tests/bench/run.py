@@ -9,7 +9,9 @@ with the project's own broker on a free 127.0.0.1 port and about 50k-record batc
 - datafied: the shipped directive as it is: rules, log templates and social text facts;
 - sentiment: the social text model over real tweets, as an Arrow batch UDF against a
   row-at-a-time Python UDF on the same rows, and the latency of single texts;
-- restart: `crm ingest` killed with SIGKILL, restarted, timed to its first committed batch.
+- restart: `crm ingest` killed with SIGKILL, restarted, timed to its first committed batch;
+- functional: the CRFM job over the datafied run's silver tables, incremental (the newest 1%
+  of events folded into partials kept from the other 99%) against a full recompute.
 
 Each variant's batches are also broken down by step (`<variant>_phase_ms_p50.<step>`), so a
 difference between variants can be attributed. Each CROM variant first runs over the first
@@ -36,18 +38,22 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import reduce
 from pathlib import Path
 
 import pandas as pd
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines import broker
 from pipelines.config import REPO_ROOT, load_profile, sample_data
+from pipelines.crfm.job import run_functional
 from pipelines.crom.ingest import BatchWriter, start_ingest, start_query
 from pipelines.crom.text import score_texts
 from pipelines.directives import Datafy, load_directives
 from pipelines.generator import EventStream, produce
 from pipelines.spark import get_spark
+from pipelines.tables import silver_table
 from pipelines.topics import ensure_topics
 
 RESULTS = REPO_ROOT / "bench-results.json"
@@ -184,6 +190,40 @@ def passthrough(spark, profile, topics: list[str], table: str, checkpoint: str):
     )
 
 
+def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
+    """CRFM over 99% of a CROM run's silver events, then timed over the newest 1% added
+    (incremental) and over all of it again (`full`, partials recomputed)."""
+    functional = directives.only("functional")
+    profile = crom_run.model_copy(update={"lakehouse": work / "lakehouse", "checkpoints": work / "checkpoints"})
+    sources = sorted({p.source for p in functional.directive.parameters})
+    silver = {s: spark.read.format("delta").load(silver_table(crom_run, s)) for s in sources}
+    times = reduce(DataFrame.unionByName, [df.select("event_time") for df in silver.values()])
+    cut = times.agg(F.percentile_approx("event_time", 0.99)).first()[0]
+    newest = {s: df.where(F.col("event_time") > F.lit(cut)) for s, df in silver.items()}
+    for s, df in silver.items():
+        df.where(~(F.col("event_time") > F.lit(cut)) | F.col("event_time").isNull()).write.format("delta").save(silver_table(profile, s))
+    run_functional(spark, profile, directives, functional)
+    for s, df in newest.items():
+        df.write.format("delta").mode("append").save(silver_table(profile, s))
+    added = sum(df.count() for df in newest.values())
+    started = time.monotonic()
+    incremental = run_functional(spark, profile, directives, functional)
+    incremental_s = time.monotonic() - started
+    if incremental.new_events != added or incremental.rebuilt_partials:
+        raise RuntimeError(f"the incremental run did not fold exactly the {added:,} new events: {incremental}")
+    started = time.monotonic()
+    run_functional(spark, profile, directives, functional, full=True)
+    full_s = time.monotonic() - started
+    total = sum(df.count() for df in silver.values())
+    return {
+        "functional_incremental_s": incremental_s,
+        "functional_full_s": full_s,
+        "incremental_vs_full": incremental_s / full_s,
+        "functional_new_events": added,
+        "functional_events": total,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events preloaded (default 1000000)")
@@ -261,6 +301,10 @@ def main() -> None:
             results["batches"] = len(paired)
         for name, batch_ms in runs.items():
             results[f"{name}_batch_ms_p50"] = statistics.median(batch_ms.values())
+        if "datafied" in runs:
+            print("functional: CRFM over the newest 1% of silver, incremental against a full recompute", flush=True)
+            datafied = profile.model_copy(update={"lakehouse": work / "lakehouse-datafied"})
+            results.update(functional(spark, datafied, directives, work / "crfm"))
         if full:
             print("sentiment: Arrow batch UDF against a row-at-a-time UDF, real tweets", flush=True)
             results.update(sentiment(spark, _tweets(copies=5)))

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from pyspark.sql import functions as F
@@ -40,6 +40,10 @@ def stack(kafka, profile, directives):
     profile = profile.model_copy(update={"kafka": kprofile.kafka})
     ensure_topics(profile.kafka.bootstrap_servers, directives.only("operational").directive.sources)
     return profile
+
+
+def _day(record: dict) -> date:
+    return datetime.fromisoformat(record["event_time"]).astimezone(timezone.utc).date()
 
 
 def _in_eur(amount: float, currency: str, event_time: str) -> float:
@@ -210,8 +214,9 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     # Untrusted producers and late events are kept in CROM but not counted by this directive.
     orders = [json.loads(e.value) for e in events + more if e.kind == "valid" and e.source == "transaction"]
     all_valid = [json.loads(e.value) for e in events + more if e.kind == "valid"]
-    as_of = max(datetime.fromisoformat(r["event_time"]) for r in all_valid)
-    in_window = [o for o in orders if datetime.fromisoformat(o["event_time"]) > as_of - timedelta(days=90)]
+    # Windows are whole (UTC) days up to the newest event's day.
+    as_of = max(_day(r) for r in all_valid)
+    in_window = [o for o in orders if _day(o) > as_of - timedelta(days=90)]
     freq = defaultdict(int)
     spend = defaultdict(float)
     for o in in_window:
@@ -220,15 +225,30 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     for customer, n in freq.items():
         assert params[customer]["frequency_90d"] == n
         assert params[customer]["monetary_sum_90d"] == pytest.approx(spend[customer])
+    # The 360-degree profile: descriptive fields of the newest order, campaign response, channels.
+    newest = {o["customer_id"]: o for o in sorted(orders, key=lambda o: datetime.fromisoformat(o["event_time"]))}
+    assert all((params[c]["country"], params[c]["age_band"]) == (o["customer_country"], o["customer_age_band"]) for c, o in newest.items())
+    promoted = Counter(o["customer_id"] for o in in_window if o["promotion_code"] is not None)
+    channels = defaultdict(set)
+    for o in in_window:
+        channels[o["customer_id"]].add(o["channel"])
+    assert promoted and all(params[c]["promoted_orders_90d"] == promoted[c] for c in freq)
+    assert all(params[c]["order_channels_90d"] == len(channels[c]) for c in freq)
+    key = hmac_key(profile.cache)
+    pseudonym = {c: hmac.new(key, o["customer_email"].strip(" ").lower().encode(), hashlib.sha256).hexdigest() for c, o in newest.items()}
+    assert all(params[c]["email_key"] == p for c, p in pseudonym.items())  # the keyed pseudonym, never the address
+    scored = [r for r in segments.values() if r["r_score"] is not None]
+    assert scored and all(r["customer_score"] == r["r_score"] + r["f_score"] + r["m_score"] for r in scored)
+    assert all((r["lead_score"] is None) == (params[c]["recency_days"] is not None) for c, r in segments.items())
     # Complaints are counted from CROM's datafied flag: the generator's complaint texts.
     posts = [json.loads(e.value) for e in events + more if e.kind == "valid" and e.source == "social"]
-    recent = lambda p: datetime.fromisoformat(p["event_time"]) > as_of - timedelta(days=30)  # noqa: E731
+    recent = lambda p: _day(p) > as_of - timedelta(days=30)  # noqa: E731
     complained = Counter(p["customer_id"] for p in posts if p["customer_id"] and p["text"] in complaints and recent(p))
     assert complained and all(params[c]["complaints_30d"] == n for c, n in complained.items())
     assert sum(r["complaints_30d"] or 0 for r in params.values()) == sum(complained.values())
     # Advocacy parameters: the sentiment CROM's text model gave each post, counted per customer.
     labels = {p["text"]: s.label for p, s in zip(posts, score_texts([p["text"] for p in posts]))}
-    last_90 = [p for p in posts if p["customer_id"] and datetime.fromisoformat(p["event_time"]) > as_of - timedelta(days=90)]
+    last_90 = [p for p in posts if p["customer_id"] and _day(p) > as_of - timedelta(days=90)]
     by_label = {label: Counter(p["customer_id"] for p in last_90 if labels[p["text"]] == label) for label in ("positive", "negative")}
     for label, counted in by_label.items():
         assert counted and all(params[c][f"{label}_posts_90d"] == n for c, n in counted.items()), label

@@ -220,7 +220,17 @@ def test_rate_table_missing_an_allowed_currency_is_refused(tree: Path, tmp_path:
 
 def test_parameter_on_a_derived_column_needs_its_datafy_block(tree: Path):
     _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["transaction"].pop("datafy"))
-    with pytest.raises(CrmError, match=r"parameters\[1\] \(monetary_sum_90d\): column: 'amount_base' is not a field of transaction.v1 nor derived"):
+    with pytest.raises(CrmError, match=r"parameters\[\d+\] \(monetary_sum_90d\): column: 'amount_base' is not a field of transaction.v1 nor derived"):
+        _load(tree)
+
+
+def test_parameter_on_personal_data_is_pointed_to_its_pseudonym(tree: Path):
+    def raw_email(d):
+        [param] = [p for p in d["parameters"] if p["name"] == "email_key"]
+        param["column"] = "customer_email"
+
+    _edit(tree / "functional" / "customer_metrics.yaml", raw_email)
+    with pytest.raises(CrmError, match=r"\(email_key\): column: 'customer_email' is personal data \(hmac\); silver holds it as customer_email_hmac"):
         _load(tree)
 
 

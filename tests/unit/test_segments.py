@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pipelines.crfm.segments import clusters, rfm_scores, segments
-from pipelines.directives import Clustering, RfmScores, Segmentation
+import pytest
+
+from pipelines.crfm.segments import check_scores, clusters, rfm_scores, segments
+from pipelines.directives import Clustering, RfmScores, Score, Segmentation
+from pipelines.errors import CrmError
 
 RFM = RfmScores(recency="recency_days", frequency="orders", monetary="spend", bins=5)
 
@@ -44,3 +47,22 @@ def test_fewer_distinct_customers_than_clusters_still_get_a_cluster(spark):
     assert got["A"] == got["B"] != got["C"]
     one = spark.createDataFrame([("A", 1, 1)], "customer_id string, recency_days int, orders int")
     assert [r["cluster"] for r in clusters(one, Clustering(features=["recency_days", "orders"], k=4)).collect()] == [0]
+
+
+def test_scores_are_the_directive_expressions_and_are_checked_before_running(spark):
+    params = spark.createDataFrame(
+        [("BUYER", 3, 5, 50.0, 2), ("LEAD", None, 0, 0.0, 4)],
+        "customer_id string, recency_days int, orders int, spend double, visits int",
+    )
+    lead = Score(name="lead_score", expression="CASE WHEN recency_days IS NULL THEN 10 * visits END")
+    value = Score(name="customer_score", expression="r_score + f_score + m_score")
+    seg = Segmentation(rfm=RfmScores(recency="recency_days", frequency="orders", monetary="spend", bins=2), scores=[lead, value])
+    got = {r["customer_id"]: r for r in segments(params, seg, "customer_id").collect()}
+    assert (got["LEAD"]["lead_score"], got["BUYER"]["lead_score"]) == (40, None)
+    assert got["BUYER"]["customer_score"] == got["BUYER"]["r_score"] + got["BUYER"]["f_score"] + got["BUYER"]["m_score"]
+    assert got["LEAD"]["customer_score"] is None  # no recency: no r_score
+
+    check_scores(params.limit(0), seg, "f.yaml")
+    typo = seg.model_copy(update={"scores": [Score(name="lead_score", expression="10 * vists")]})
+    with pytest.raises(CrmError, match=r"f.yaml: segmentation.scores \(lead_score\): .*vists"):
+        check_scores(params.limit(0), typo, "f.yaml")
