@@ -72,6 +72,9 @@ def update_partials(
     full: bool = False,
 ) -> PartialsRun:
     """Fold silver's new events into the partials table; rebuild it when it cannot be trusted."""
+    # Its own session: the MERGE's commit metadata is a session setting, and other sources'
+    # partials may be updated at the same time.
+    spark = spark.newSession()
     print_ = fingerprint(params, grain)
     reason = "a full recompute was asked for" if full else _reason_to_rebuild(spark, table, checkpoint, print_)
     rebuilt = reason is not None or not DeltaTable.isDeltaTable(spark, table)

@@ -12,6 +12,7 @@ holds the parameters re-measured for them (see parameter_variants); with `segmen
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
@@ -20,11 +21,12 @@ from pyspark.sql import functions as F
 
 from pipelines.config import Profile
 from pipelines.crfm.incremental import update_partials
-from pipelines.crfm.parameters import as_of_time, by_source, check_plan, customer_parameters, parameter_variants
+from pipelines.crfm.parameters import as_of_time, by_source, check_plan, joined, parameter_variants, source_parts
 from pipelines.crfm.segments import check_scores, segments
 from pipelines.directives import DirectiveSet, Loaded
 from pipelines.lakehouse import overwrite_unless_current, table_version
 from pipelines.tables import functional_table, silver_table
+from pipelines.timing import describe, timed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class FunctionalRun:
     new_events: int  # silver rows folded into the partials by this run
     rebuilt_partials: bool  # partials recomputed from all of silver
     skipped: bool
+    phases: dict[str, float]  # seconds per step
 
 
 def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveSet, functional: Loaded, full: bool = False) -> FunctionalRun:
@@ -51,13 +54,17 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     if directive.segmentation is not None:
         check_scores(planned, directive.segmentation, str(functional.path))
 
-    runs = {
-        source: update_partials(
-            spark, path, functional_table(profile, directive.id, f"partials_{source}"),
+    phases: dict[str, float] = {}
+
+    def partials(source: str):
+        return update_partials(
+            spark, paths[source], functional_table(profile, directive.id, f"partials_{source}"),
             profile.checkpoints / "crfm" / directive.id / source, params[source], directive.grain, full,
-        )
-        for source, path in paths.items()
-    }  # fmt: skip
+        )  # fmt: skip
+
+    # One stream per source, at the same time: a small update is mostly job start-up and commits.
+    with timed(phases, "partials"), ThreadPoolExecutor(len(paths), thread_name_prefix="crfm-partials") as pool:
+        runs = dict(zip(paths, pool.map(partials, paths)))
     rebuilt_partials = any(run.rebuilt for run in runs.values())
     daily = {s: spark.read.format("delta").load(run.table) for s, run in runs.items()}
     out = functional_table(profile, directive.id)
@@ -74,26 +81,39 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
             F.current_timestamp().alias("computed_at"),
         ]
 
-    def parameters():
-        return customer_parameters(daily, directive, as_of()).select("*", *lineage())
+    @cache
+    def parts():  # cached: the parameters and most variants are joins of the same parts
+        return {s: part.persist() for s, part in source_parts(daily, directive, as_of()).items()}
 
-    rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials)
+    def parameters():
+        return joined(parts(), directive).select("*", *lineage())
+
+    with timed(phases, "roll-up"):
+        rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials)
     # The validity checks of the strategic directive this one serves re-measure the parameters.
     validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
     if validity is not None:
 
         def variants():
-            return parameter_variants(daily, directive, as_of(), validity.windows).select("*", *lineage())
+            return parameter_variants(daily, directive, as_of(), validity.windows, parts()).select("*", *lineage())
 
-        overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants, force=rebuilt)
+        with timed(phases, "variants"):
+            overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants, force=rebuilt)
     if directive.segmentation is not None:
 
         def customer_segments():
             return segments(spark.read.format("delta").load(out), directive.segmentation, directive.grain)
 
-        overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments, force=rebuilt)
+        with timed(phases, "segments"):
+            overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments, force=rebuilt)
+    if parts.cache_info().currsize:
+        for part in parts().values():
+            part.unpersist()
     customers = spark.read.format("delta").load(out).count()
     new_events = sum(run.new_events for run in runs.values())
     if rebuilt:
-        log.info("functional %s: %d customers from silver version %d (%d new events)", directive.id, customers, source_version, new_events)
-    return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, skipped=not rebuilt)
+        log.info(
+            "functional %s: %d customers from silver version %d, %d new events (%s)",
+            directive.id, customers, source_version, new_events, describe(phases),
+        )  # fmt: skip
+    return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases)

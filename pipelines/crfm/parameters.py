@@ -173,21 +173,32 @@ def _trust(daily: DataFrame, include_untrusted: bool) -> DataFrame:
     return daily if include_untrusted else daily.where(F.col(TRUSTED))
 
 
+def source_parts(
+    daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, include_untrusted: bool | None = None
+) -> dict[str, DataFrame]:
+    """Per source, one row per customer with that source's parameters, rolled up from its daily
+    partials. Trust follows the directive unless given."""
+    include = directive.include_untrusted if include_untrusted is None else include_untrusted
+    as_of_day = F.to_date(as_of)
+    return {
+        source: _per_day(_trust(daily[source], include), params, directive.grain).groupBy(directive.grain).agg(*[rollup(p, as_of_day) for p in params])
+        for source, params in by_source(directive).items()
+    }
+
+
+def joined(parts: dict[str, DataFrame], directive: FunctionalDirective) -> DataFrame:
+    """One row per customer with every parameter; customers missing from a source get 0 counts."""
+    grain = directive.grain
+    frame = reduce(lambda left, right: left.join(right, grain, "full_outer"), parts.values())
+    zero_when_absent = {p.name: 0 for p in directive.parameters if p.measure in ("count", "count_distinct", "sum", "active_days")}
+    return frame.fillna(zero_when_absent).select(grain, *[p.name for p in directive.parameters])
+
+
 def customer_parameters(
     daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, include_untrusted: bool | None = None
 ) -> DataFrame:
-    """One row per customer with every parameter, from each source's daily partials; customers
-    missing from a source get 0 counts. Trust follows the directive unless given."""
-    grain = directive.grain
-    include = directive.include_untrusted if include_untrusted is None else include_untrusted
-    as_of_day = F.to_date(as_of)
-    parts = []
-    for source, params in by_source(directive).items():
-        days = _per_day(_trust(daily[source], include), params, grain)
-        parts.append(days.groupBy(grain).agg(*[rollup(p, as_of_day) for p in params]))
-    joined = reduce(lambda left, right: left.join(right, grain, "full_outer"), parts)
-    zero_when_absent = {p.name: 0 for p in directive.parameters if p.measure in ("count", "count_distinct", "sum", "active_days")}
-    return joined.fillna(zero_when_absent).select(grain, *[p.name for p in directive.parameters])
+    """One row per customer with every parameter, from each source's daily partials."""
+    return joined(source_parts(daily, directive, as_of, include_untrusted), directive)
 
 
 def silver_partials(silver: dict[str, DataFrame], directive: FunctionalDirective) -> dict[str, DataFrame]:
@@ -226,7 +237,9 @@ def as_of_time(directive: FunctionalDirective, daily: dict[str, DataFrame]) -> C
     return F.lit(datetime.combine(day, time.max)).cast("timestamp")
 
 
-def parameter_variants(daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, windows: Windows) -> DataFrame:
+def parameter_variants(
+    daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, windows: Windows, parts: dict[str, DataFrame] | None = None
+) -> DataFrame:
     """The parameters re-measured for the strategic validity checks, one `variant` each:
 
     - `with_untrusted` / `without_untrusted`: the other choice of include_untrusted (V5);
@@ -234,11 +247,13 @@ def parameter_variants(daily: dict[str, DataFrame], directive: FunctionalDirecti
     - `as_of_minus_<n>d`: as of n days earlier, for each earlier window (V2).
 
     `daily` holds every partial, trusted or not; the trust choice is made in the roll-up.
+    `parts` are the directive's own source_parts, when already computed (e.g. cached).
     """
+    parts = parts if parts is not None else source_parts(daily, directive, as_of)
     flipped = not directive.include_untrusted
     variants = [("with_untrusted" if flipped else "without_untrusted", customer_parameters(daily, directive, as_of, flipped))]
-    for source in sorted(daily):
-        variants.append((f"without_{source}", customer_parameters({**daily, source: daily[source].limit(0)}, directive, as_of)))
+    for source in sorted(parts):
+        variants.append((f"without_{source}", joined({**parts, source: parts[source].limit(0)}, directive)))
     for k in range(1, windows.count):
         days = k * windows.step_days
         earlier = as_of - F.make_interval(days=F.lit(days))

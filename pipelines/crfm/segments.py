@@ -63,13 +63,14 @@ def clusters(params: DataFrame, clustering: Clustering) -> DataFrame:
     With fewer distinct customers than k, k is lowered to their number: MLlib's k-means fails
     when it cannot find k distinct centres.
     """
-    filled = params.fillna(0, subset=clustering.features)
-    distinct = filled.select(*clustering.features).distinct().limit(clustering.k).count()
+    inputs = [f"_in_{name}" for name in clustering.features]  # filled copies: the parameters stay as they are
+    filled = params.select("*", *[F.coalesce(F.col(name).cast("double"), F.lit(0.0)).alias(i) for name, i in zip(clustering.features, inputs)])
+    distinct = filled.select(*inputs).distinct().limit(clustering.k).count()
     if distinct < 2:
         return params.withColumn("cluster", F.lit(0))
     model = Pipeline(
         stages=[
-            VectorAssembler(inputCols=clustering.features, outputCol="_features"),
+            VectorAssembler(inputCols=inputs, outputCol="_features"),
             StandardScaler(inputCol="_features", outputCol="_scaled", withMean=True, withStd=True),
             KMeans(featuresCol="_scaled", predictionCol="cluster", k=min(clustering.k, distinct), seed=clustering.seed),
         ]

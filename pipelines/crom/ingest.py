@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import reduce
 from pathlib import Path
@@ -36,6 +35,7 @@ from pipelines.lakehouse import BatchAppender, ensure_table
 from pipelines.privacy import hmac_key
 from pipelines.schemas import EventSchema
 from pipelines.tables import CromTables
+from pipelines.timing import describe, timed
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +131,12 @@ class BatchWriter:
             log.info(
                 "batch %d: %d records -> silver %d, quarantine %d, late %d, duplicates %d (%.1fs: %s)",
                 batch_id, total("records"), total("silver_rows"), total("quarantined"), total("late"), total("duplicates"),
-                time.monotonic() - started, ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()),
+                time.monotonic() - started, describe(self.phases),
             )
 
-    @contextmanager
     def _phase(self, name: str):
         """Time a step of the batch; the log line shows where the batch spent its time."""
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - started
+        return timed(self.phases, name)
 
     def _totals(self) -> list[Column]:
         """Every count the batch needs, per source, plus every GE metric: one aggregation."""

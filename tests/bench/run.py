@@ -212,15 +212,17 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     if incremental.new_events != added or incremental.rebuilt_partials:
         raise RuntimeError(f"the incremental run did not fold exactly the {added:,} new events: {incremental}")
     started = time.monotonic()
-    run_functional(spark, profile, directives, functional, full=True)
+    recomputed = run_functional(spark, profile, directives, functional, full=True)
     full_s = time.monotonic() - started
     total = sum(df.count() for df in silver.values())
+    steps = {f"functional_{mode}_phase_s.{step}": s for mode, run in (("incremental", incremental), ("full", recomputed)) for step, s in run.phases.items()}
     return {
         "functional_incremental_s": incremental_s,
         "functional_full_s": full_s,
         "incremental_vs_full": incremental_s / full_s,
         "functional_new_events": added,
         "functional_events": total,
+        **steps,
     }
 
 
@@ -320,7 +322,7 @@ def main() -> None:
         print(json.dumps(measured, indent=2, sort_keys=True))
         return
     merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    stale = [k for k in merged if k in ("crom_eps", "crom_vs_passthrough") or "_phase_ms_p50." in k]  # renamed or re-broken-down
+    stale = [k for k in merged if k in ("crom_eps", "crom_vs_passthrough") or "_phase_ms_p50." in k or "_phase_s." in k]  # renamed or re-broken-down
     for key in stale:
         merged.pop(key)
     merged.update(measured)

@@ -76,7 +76,7 @@ def test_kpi_using_unknown_parameter_is_refused(tree: Path):
 def test_parameter_on_unknown_source_is_refused(tree: Path):
     path = tree / "functional" / "customer_metrics.yaml"
     _edit(path, lambda d: d["parameters"][0].update(source="fax"))
-    with pytest.raises(CrmError, match=r"parameters\[0\] \(frequency_90d\): source: 'fax'"):
+    with pytest.raises(CrmError, match=r"parameters\[0\] \(email_key\): source: 'fax'"):
         _load(tree)
 
 

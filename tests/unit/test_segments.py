@@ -28,9 +28,12 @@ def test_rfm_scores_are_quantile_bins_and_name_the_segment(spark):
 def test_kmeans_separates_two_groups_of_customers(spark):
     rows = [(f"A{i}", 1 + i % 3, 20 + i % 2) for i in range(20)] + [(f"B{i}", 60 + i % 3, 1 + i % 2) for i in range(20)]
     params = spark.createDataFrame(rows, "customer_id string, recency_days int, orders int")
-    got = {r["customer_id"]: r["cluster"] for r in clusters(params, Clustering(features=["recency_days", "orders"], k=2)).collect()}
+    params = params.union(spark.createDataFrame([("NEVER", None, 0)], params.schema))
+    out = {r["customer_id"]: r for r in clusters(params, Clustering(features=["recency_days", "orders"], k=2)).collect()}
+    got = {c: r["cluster"] for c, r in out.items()}
     assert len({got[f"A{i}"] for i in range(20)}) == 1 and len({got[f"B{i}"] for i in range(20)}) == 1
     assert got["A0"] != got["B0"]
+    assert out["NEVER"]["recency_days"] is None  # clustered as 0, kept as it was
 
 
 def test_segments_keep_one_row_per_customer_with_the_named_columns(spark):
