@@ -166,6 +166,8 @@ def _functional(spark, profile: Profile, directives, full: bool = False) -> None
         else:
             state = f"updated with {run.new_events:,} new silver events"
         print(f"functional {functional.directive.id}: {run.customers:,} customers ({state}) -> {run.table}")
+        for name, table in run.breakdowns.items():
+            print(f"  {name} -> {table}")
 
 
 def cmd_functional(args, profile: Profile) -> int:

@@ -226,16 +226,33 @@ class Segmentation(_Strict):
         return named + (self.clustering.features if self.clustering else [])
 
 
+class Breakdown(_Strict):
+    """Parameters per another grain than the customer, e.g. per campaign, channel or complaint
+    reason, in `<table>_<name>`; measured like the customer's, with the same as_of."""
+
+    name: str = Field(pattern=r"^by_[a-z0-9_]+$")
+    description: str
+    grain: str = Field(pattern=_NAME, description="A column of every source its parameters read, e.g. campaign_name.")
+    parameters: list[Parameter] = Field(min_length=1)
+
+
 class FunctionalDirective(_Strict):
     id: str = Field(pattern=_ID)
     version: int = Field(ge=1)
     serves: str | None = None
     description: str
-    grain: Literal["customer_id"] = "customer_id"
+    grain: Literal["customer_id"] = Field(default="customer_id", description="CRSM reads one row per customer; see breakdowns.")
     as_of: date | None = Field(default=None, description="The last day counted (e.g. a calibration end); default: the newest event's.")
     include_untrusted: bool = Field(default=False, description="Read events from producers no source trusts.")
     parameters: list[Parameter] = Field(min_length=1)
     segmentation: Segmentation | None = Field(default=None, description="RFM segments and clusters, in <table>_segments.")
+    breakdowns: list[Breakdown] = Field(default=[], description="Parameters per other grains, each in <table>_<name>.")
+
+    def measuring(self, breakdown: Breakdown) -> "FunctionalDirective":
+        """This directive as it measures a breakdown: the breakdown's grain and parameters, with
+        the same as_of and trust choice (a copy; the grain is checked when the directives load)."""
+        update = {"grain": breakdown.grain, "parameters": breakdown.parameters, "segmentation": None, "breakdowns": []}
+        return self.model_copy(update=update)
 
 
 # --- operational -------------------------------------------------------------------------
@@ -587,21 +604,38 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
         if op.directive.serves == ref.directive.id
         for name, src in op.directive.sources.items()
     }
-    sources = set(datafied)
+    _check_parameter_list(f"{ref.path}: parameters", ref.directive, ref.directive.parameters, datafied, schemas)
+    seen = {"variants", "segments"}
+    for i, breakdown in enumerate(ref.directive.breakdowns):
+        where = f"{ref.path}: breakdowns[{i}] ({breakdown.name})"
+        if breakdown.name in seen:
+            raise CrmError(f"{where}: name: duplicate breakdown name")
+        seen.add(breakdown.name)
+        _check_parameter_list(f"{where}: parameters", ref.directive, breakdown.parameters, datafied, schemas)
+        for source in sorted({p.source for p in breakdown.parameters}):
+            if not _is_column(breakdown.grain, schemas[source], datafied[source]):
+                raise CrmError(f"{where}: grain: {breakdown.grain!r} is not a column of {schemas[source].name}'s silver table")
+
+
+def _is_column(name: str, schema: EventSchema, datafy) -> bool:
+    """A column of the source's silver table: a stored field or one its datafy block derives."""
+    return name in schema.stored_columns() or name in {f.name for f in datafy.derived_fields()}
+
+
+def _check_parameter_list(where_list: str, directive: FunctionalDirective, params: list[Parameter], datafied: dict, schemas: dict[str, EventSchema]) -> None:
     seen: set[str] = set()
-    for i, param in enumerate(ref.directive.parameters):
-        where = f"{ref.path}: parameters[{i}] ({param.name})"
+    for i, param in enumerate(params):
+        where = f"{where_list}[{i}] ({param.name})"
         if param.name in seen:
             raise CrmError(f"{where}: name: duplicate parameter name")
         seen.add(param.name)
-        if param.source not in sources:
-            raise CrmError(f"{where}: source: {param.source!r} is not a source of any operational directive serving {ref.directive.id}")
+        if param.source not in datafied:
+            raise CrmError(f"{where}: source: {param.source!r} is not a source of any operational directive serving {directive.id}")
         needs_column = param.measure in ("sum", "avg", "count_distinct", "last", "repeat_avg")
         if needs_column and not param.column:
             raise CrmError(f"{where}: column: measure {param.measure!r} needs a column")
         schema = schemas[param.source]
-        derived = {f.name for f in datafied[param.source].derived_fields()}
-        if param.column and param.column not in schema.stored_columns() and param.column not in derived:
+        if param.column and not _is_column(param.column, schema, datafied[param.source]):
             spec = schema.field(param.column)
             if spec is not None:  # personal data never reaches silver under its own name
                 raise CrmError(f"{where}: column: {param.column!r} is personal data ({spec.pii}); silver holds it as {', '.join(spec.stored_as)}")

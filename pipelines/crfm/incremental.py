@@ -23,15 +23,23 @@ from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from pipelines.crfm.parameters import daily_partials, keys, merge_partials
+from pipelines.crfm.parameters import DAY, daily_partials, keys, merge_partials
 from pipelines.directives import Parameter
 from pipelines.lakehouse import BatchAppender
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "crm.partials.fingerprint"
+MONTH = "month"
+LAYOUT = 2  # of the partials table; a change rebuilds tables stored the old way
 APP_ID = "crfm-partials"
+
+
+def _stored(partials: DataFrame) -> DataFrame:
+    """Partials as stored: with the month of their day, which partitions the table."""
+    return partials.withColumn(MONTH, F.trunc(DAY, "month"))
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class PartialsRun:
 
 def fingerprint(params: list[Parameter], grain: str) -> str:
     """Changes whenever the partials would be computed differently."""
-    spec = json.dumps([grain, [p.model_dump(mode="json") for p in params]], sort_keys=True)
+    spec = json.dumps([LAYOUT, grain, [p.model_dump(mode="json") for p in params]], sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -82,21 +90,31 @@ def update_partials(
         log.info("rebuilding %s from silver: %s", table, reason)
         shutil.rmtree(checkpoint, ignore_errors=True)  # first, so a crash in between leaves a table without checkpoint: rebuilt again
         shutil.rmtree(table, ignore_errors=True)
-    if not DeltaTable.isDeltaTable(spark, table):
-        schema = daily_partials(spark.read.format("delta").load(silver).limit(0), params, grain).schema
+    empty = not DeltaTable.isDeltaTable(spark, table)
+    if empty:
+        schema = _stored(daily_partials(spark.read.format("delta").load(silver).limit(0), params, grain)).schema
         (
             DeltaTable.createIfNotExists(spark).location(table).addColumns(schema)
+            .partitionedBy(MONTH)  # new events touch the newest months: a MERGE reads and rewrites only those
             .property(FINGERPRINT, print_)
             .property("delta.enableDeletionVectors", "true")  # a MERGE marks replaced rows instead of rewriting files
             .execute()
         )  # fmt: skip
     appender = BatchAppender(spark, APP_ID)
-    on = " AND ".join(f"old.{k} = new.{k}" for k in keys(grain))
+    on = " AND ".join(f"old.{k} = new.{k}" for k in (MONTH, *keys(grain)))
 
     def fold(batch: DataFrame, batch_id: int) -> None:
-        new = daily_partials(batch, params, grain)
+        nonlocal empty
+        new = _stored(daily_partials(batch, params, grain))
+        if empty:  # nothing to add to: the first batch of a build is appended
+            appender.append(new, table, batch_id)
+            empty = False
+            return
+        # A literal list of the batch's months lets Delta prune the others (a few dozen at most).
+        months = [row[0] for row in new.select(MONTH).distinct().collect()]
+        in_months = F.col(f"old.{MONTH}").isin(months)
         merge = (
-            DeltaTable.forPath(spark, table).alias("old").merge(new.alias("new"), on)
+            DeltaTable.forPath(spark, table).alias("old").merge(new.alias("new"), F.expr(on) & in_months)
             .whenMatchedUpdate(set=merge_partials(params, "old", "new"))
             .whenNotMatchedInsertAll()
         )  # fmt: skip

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import Profile
 from pipelines.crfm.incremental import update_partials
-from pipelines.crfm.parameters import as_of_time, by_source, check_plan, joined, parameter_variants, source_parts
+from pipelines.crfm.parameters import as_of_time, by_source, check_plan, customer_parameters, joined, parameter_variants, source_parts
 from pipelines.crfm.segments import check_scores, segments
 from pipelines.directives import DirectiveSet, Loaded
 from pipelines.lakehouse import overwrite_unless_current, table_version
@@ -40,38 +40,47 @@ class FunctionalRun:
     rebuilt_partials: bool  # partials recomputed from all of silver
     skipped: bool
     phases: dict[str, float]  # seconds per step
+    breakdowns: dict[str, str]  # breakdown name -> its table
+
+
+STREAMS_AT_ONCE = 4  # partials updates run together: a small one is mostly job start-up and commits
 
 
 def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveSet, functional: Loaded, full: bool = False) -> FunctionalRun:
     """Bring the directive's tables up to date; `full` recomputes the partials from all of silver."""
     directive = functional.directive
-    params = by_source(directive)
-    paths = {s: silver_table(profile, s) for s in sorted(params)}
+    # What is measured: the customer parameters (part "") and each breakdown (part "by_...").
+    measured = {"": directive} | {b.name: directive.measuring(b) for b in directive.breakdowns}
+    sources = sorted({p.source for d in measured.values() for p in d.parameters})
+    paths = {s: silver_table(profile, s) for s in sources}
     # Versions only grow, so their sum identifies the input state and grows with it.
     source_version = sum(table_version(spark, p) for p in paths.values())
     schemas = {s: spark.read.format("delta").load(p).schema for s, p in paths.items()}
-    planned = check_plan(spark, directive, schemas, str(functional.path))
-    if directive.segmentation is not None:
-        check_scores(planned, directive.segmentation, str(functional.path))
+    for part, each in measured.items():
+        planned = check_plan(spark, each, schemas, f"{functional.path}" + (f": breakdowns ({part})" if part else ""))
+        if each.segmentation is not None:
+            check_scores(planned, each.segmentation, str(functional.path))
 
     phases: dict[str, float] = {}
 
-    def partials(source: str):
+    def partials(task: tuple[str, str]):
+        part, source = task
+        name = f"{part}_partials_{source}" if part else f"partials_{source}"
         return update_partials(
-            spark, paths[source], functional_table(profile, directive.id, f"partials_{source}"),
-            profile.checkpoints / "crfm" / directive.id / source, params[source], directive.grain, full,
+            spark, paths[source], functional_table(profile, directive.id, name),
+            profile.checkpoints / "crfm" / directive.id / part / source, by_source(measured[part])[source], measured[part].grain, full,
         )  # fmt: skip
 
-    # One stream per source, at the same time: a small update is mostly job start-up and commits.
-    with timed(phases, "partials"), ThreadPoolExecutor(len(paths), thread_name_prefix="crfm-partials") as pool:
-        runs = dict(zip(paths, pool.map(partials, paths)))
+    tasks = [(part, source) for part, each in measured.items() for source in sorted(by_source(each))]
+    with timed(phases, "partials"), ThreadPoolExecutor(min(len(tasks), STREAMS_AT_ONCE), thread_name_prefix="crfm-partials") as pool:
+        runs = dict(zip(tasks, pool.map(partials, tasks)))
     rebuilt_partials = any(run.rebuilt for run in runs.values())
-    daily = {s: spark.read.format("delta").load(run.table) for s, run in runs.items()}
+    daily = {part: {s: spark.read.format("delta").load(runs[(part, s)].table) for s in by_source(each)} for part, each in measured.items()}
     out = functional_table(profile, directive.id)
 
     @cache
-    def as_of():  # a job over the partials: run only when something is rebuilt
-        return as_of_time(directive, daily)
+    def as_of():  # a job over the customer partials, run only when something is rebuilt; breakdowns share it
+        return as_of_time(directive, daily[""])
 
     def lineage():
         return [
@@ -83,7 +92,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
 
     @cache
     def parts():  # cached: the parameters and most variants are joins of the same parts
-        return {s: part.persist() for s, part in source_parts(daily, directive, as_of()).items()}
+        return {s: part.persist() for s, part in source_parts(daily[""], directive, as_of()).items()}
 
     def parameters():
         return joined(parts(), directive).select("*", *lineage())
@@ -95,7 +104,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     if validity is not None:
 
         def variants():
-            return parameter_variants(daily, directive, as_of(), validity.windows, parts()).select("*", *lineage())
+            return parameter_variants(daily[""], directive, as_of(), validity.windows, parts()).select("*", *lineage())
 
         with timed(phases, "variants"):
             overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants, force=rebuilt)
@@ -109,11 +118,20 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     if parts.cache_info().currsize:
         for part in parts().values():
             part.unpersist()
+    breakdowns = {}
+    for b in directive.breakdowns:
+        breakdowns[b.name] = functional_table(profile, directive.id, b.name)
+
+        def per_grain(each=measured[b.name]):
+            return customer_parameters(daily[b.name], each, as_of()).select("*", *lineage())
+
+        with timed(phases, b.name):
+            overwrite_unless_current(spark, breakdowns[b.name], source_version, per_grain, force=rebuilt)
     customers = spark.read.format("delta").load(out).count()
-    new_events = sum(run.new_events for run in runs.values())
+    new_events = sum(run.new_events for (part, _), run in runs.items() if part == "")
     if rebuilt:
         log.info(
             "functional %s: %d customers from silver version %d, %d new events (%s)",
             directive.id, customers, source_version, new_events, describe(phases),
         )  # fmt: skip
-    return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases)
+    return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns)

@@ -246,6 +246,12 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     complained = Counter(p["customer_id"] for p in posts if p["customer_id"] and p["text"] in complaints and recent(p))
     assert complained and all(params[c]["complaints_30d"] == n for c, n in complained.items())
     assert sum(r["complaints_30d"] or 0 for r in params.values()) == sum(complained.values())
+    # Breakdowns: per complaint reason (every complaint, identified or not) and per channel.
+    by_reason = read(run.breakdowns["by_complaint_reason"]).collect()
+    assert sum(r["complaints_30d"] for r in by_reason) == sum(1 for p in posts if p["text"] in complaints and recent(p))
+    assert all(r["complaints_7d"] <= r["complaints_30d"] and r["complainants_30d"] <= r["complaints_30d"] for r in by_reason)
+    by_channel = {r["channel"]: r for r in read(run.breakdowns["by_channel"]).collect()}
+    assert {c: r["orders_90d"] for c, r in by_channel.items() if r["orders_90d"]} == Counter(o["channel"] for o in in_window)
     # Advocacy parameters: the sentiment CROM's text model gave each post, counted per customer.
     labels = {p["text"]: s.label for p, s in zip(posts, score_texts([p["text"] for p in posts]))}
     last_90 = [p for p in posts if p["customer_id"] and _day(p) > as_of - timedelta(days=90)]

@@ -288,3 +288,12 @@ def test_a_parameter_is_either_windowed_or_a_holdout(tmp_path: Path):
     _edit(root / "functional" / "purchase_histories.yaml", lambda d: d["parameters"][4].update(window_days=30))
     with pytest.raises(CrmError, match=r"parameters.4: window_days and holdout_days exclude each other"):
         _load(root)
+
+
+def test_breakdown_grain_must_be_a_column_of_its_sources(tree: Path):
+    def grain_typo(d):
+        d["breakdowns"][0]["grain"] = "campain_name"
+
+    _edit(tree / "functional" / "customer_metrics.yaml", grain_typo)
+    with pytest.raises(CrmError, match=r"breakdowns\[0\] \(by_campaign\): grain: 'campain_name' is not a column of web.v1's silver table"):
+        _load(tree)

@@ -1,8 +1,9 @@
-"""Delta helpers on real Delta tables: declared schemas, interrupted creates, idempotent appends."""
+"""Delta helpers on real Delta tables: declared schemas, interrupted creates, idempotent appends and MERGEs."""
 
 from __future__ import annotations
 
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import types as T
 
 from pipelines.errors import CrmError
@@ -34,3 +35,23 @@ def test_a_batch_is_appended_once_even_by_a_new_appender(spark, tmp_path):
     assert not BatchAppender(spark, "job").append(rows, path, 0)  # a restarted job replays batch 0
     assert BatchAppender(spark, "other-job").append(rows, path, 0)
     assert spark.read.format("delta").load(path).count() == 4
+
+
+def test_a_merge_that_adds_runs_once_per_batch_even_by_a_new_appender(spark, tmp_path):
+    path = str(tmp_path / "t")
+    counts = T.StructType([T.StructField("id", T.LongType()), T.StructField("n", T.LongType())])
+    spark.createDataFrame([(1, 10)], counts).write.format("delta").save(path)
+
+    def add(appender: BatchAppender, batch_id: int) -> bool:
+        new = spark.createDataFrame([(1, 5), (2, 5)], counts)
+        merge = (
+            DeltaTable.forPath(spark, path).alias("old").merge(new.alias("new"), "old.id = new.id")
+            .whenMatchedUpdate(set={"n": "old.n + new.n"}).whenNotMatchedInsertAll()
+        )  # fmt: skip
+        return appender.merge(merge, path, batch_id)
+
+    assert add(BatchAppender(spark, "job"), 0)
+    assert not add(BatchAppender(spark, "job"), 0)  # replayed after a restart: skipped
+    assert add(BatchAppender(spark, "job"), 1)
+    assert sorted(tuple(r) for r in spark.read.format("delta").load(path).collect()) == [(1, 20), (2, 10)]
+    assert spark.conf.get("spark.databricks.delta.commitInfo.userMetadata", None) is None  # not left set for other writes
