@@ -110,15 +110,19 @@ def update_partials(
             appender.append(new, table, batch_id)
             empty = False
             return
-        # A literal list of the batch's months lets Delta prune the others (a few dozen at most).
-        months = [row[0] for row in new.select(MONTH).distinct().collect()]
-        in_months = F.col(f"old.{MONTH}").isin(months)
-        merge = (
-            DeltaTable.forPath(spark, table).alias("old").merge(new.alias("new"), F.expr(on) & in_months)
-            .whenMatchedUpdate(set=merge_partials(params, "old", "new"))
-            .whenNotMatchedInsertAll()
-        )  # fmt: skip
-        appender.merge(merge, table, batch_id)
+        new = new.persist()  # read twice below; the batch's events are scanned once
+        try:
+            # A literal list of the batch's months lets Delta prune the others (a few dozen at most).
+            months = [row[0] for row in new.select(MONTH).distinct().collect()]
+            in_months = F.col(f"old.{MONTH}").isin(months)
+            merge = (
+                DeltaTable.forPath(spark, table).alias("old").merge(new.alias("new"), F.expr(on) & in_months)
+                .whenMatchedUpdate(set=merge_partials(params, "old", "new"))
+                .whenNotMatchedInsertAll()
+            )  # fmt: skip
+            appender.merge(merge, table, batch_id)
+        finally:
+            new.unpersist()
 
     query = (
         spark.readStream.format("delta").load(silver)
