@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CACHED := .cache/.setup-done
 
-.PHONY: setup demo cdnow test unit bench eval clean tools
+.PHONY: setup demo cdnow test unit bench eval clean tools dist
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -36,6 +36,10 @@ demo: setup
 cdnow: setup
 	$(BIN)/crm demo --conf cdnow --replay cdnow-sample
 
+# The project as one zip for spark-submit --py-files: what executors import (see jobs/*.py).
+dist: $(INSTALLED)
+	$(BIN)/python -m pipelines.dist dist/pipelines.zip
+
 test: setup
 	$(BIN)/pytest
 
@@ -51,4 +55,4 @@ eval: $(INSTALLED)
 
 clean:
 	-$(BIN)/crm broker stop
-	rm -rf .lakehouse .checkpoints .lakehouse-cdnow .checkpoints-cdnow .broker bench-results.json bench-results.md eval-results.json eval-top-pages.json
+	rm -rf dist .lakehouse .checkpoints .lakehouse-cdnow .checkpoints-cdnow .broker bench-results.json bench-results.md eval-results.json eval-top-pages.json

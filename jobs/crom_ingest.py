@@ -1,9 +1,10 @@
 """CROM ingest (operational layer): Kafka topics -> bronze, silver, quarantine, GE results.
 
-Run from the repository root after `make setup`, with the project's virtualenv active:
+Run from the repository root after `make setup dist`, with the project's virtualenv active:
 
     spark-submit \
       --packages io.delta:delta-spark_4.1_2.13:4.4.0,org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.1 \
+      --py-files dist/pipelines.zip \
       jobs/crom_ingest.py --until-caught-up [--conf local]
 
 Options are those of `crm ingest --help`; the exit code is 0 on success and non-zero with a

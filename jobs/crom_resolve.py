@@ -5,6 +5,7 @@ the ingest job:
 
     spark-submit \
       --packages io.delta:delta-spark_4.1_2.13:4.4.0,org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.1 \
+      --py-files dist/pipelines.zip \
       jobs/crom_resolve.py [--conf local]
 
 Options are those of `crm resolve --help`; the exit code is 0 on success and non-zero with a

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 from pipelines.config import Profile, load_profile
@@ -119,6 +120,16 @@ def cmd_replay(args, profile: Profile) -> int:
     return 0
 
 
+JOBS = ("ingest", "resolve", "functional", "strategic")
+
+
+def _single_run(profile: Profile, job: str):
+    """Refuse to overlap another run of the job on the same checkpoints (cron, Airflow)."""
+    from pipelines.locks import single_run
+
+    return single_run(profile.checkpoints / "locks" / f"{job}.lock", f"crm {job}")
+
+
 def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
     from pipelines.crom.ingest import run_ingest
 
@@ -129,7 +140,8 @@ def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
 
 def cmd_ingest(args, profile: Profile) -> int:
     directives = _check_all(profile)
-    _ingest(_spark(profile, "crom-ingest"), profile, directives, args.until_caught_up)
+    with _single_run(profile, "ingest"):  # before Spark starts: an overlapping run exits at once
+        _ingest(_spark(profile, "crom-ingest"), profile, directives, args.until_caught_up)
     return 0
 
 
@@ -138,19 +150,21 @@ def _resolve(spark, profile: Profile, directives) -> None:
 
     operational = directives.only("operational")
     run = run_identities(spark, profile, operational, directives.schemas)
+    web = run_web_sessions(spark, profile, operational, directives.schemas)
     state = lambda skipped: "up to date, nothing new" if skipped else "rebuilt"  # noqa: E731
     conflicts = ", ".join(f"{kind} {n:,}" for kind, n in sorted(run.conflicts.items())) or "none"
     print(
         f"identity map: {run.keys:,} keys, {run.resolved:,} resolved to one customer, {run.anonymous:,} anonymous; "
         f"conflicts (claimed by several customers, left unresolved): {conflicts} ({state(run.skipped)}) -> {run.table}"
     )
-    for s in run_web_sessions(spark, profile, operational, directives.schemas):
+    for s in web:
         print(f"web sessions: {s.sessions:,} sessions of {s.visitors:,} visitors, {s.bot_sessions:,} by bots ({state(s.skipped)}) -> {s.table}")
 
 
 def cmd_resolve(args, profile: Profile) -> int:
     directives = _check_all(profile)
-    _resolve(_spark(profile, "crom-resolve"), profile, directives)
+    with _single_run(profile, "resolve"):
+        _resolve(_spark(profile, "crom-resolve"), profile, directives)
     return 0
 
 
@@ -172,7 +186,8 @@ def _functional(spark, profile: Profile, directives, full: bool = False) -> None
 
 def cmd_functional(args, profile: Profile) -> int:
     directives = _check_all(profile)
-    _functional(_spark(profile, "crfm-functional"), profile, directives, args.full)
+    with _single_run(profile, "functional"):
+        _functional(_spark(profile, "crfm-functional"), profile, directives, args.full)
     return 0
 
 
@@ -212,7 +227,8 @@ def _strategic(spark, profile: Profile, directives) -> list:
 
 def cmd_strategic(args, profile: Profile) -> int:
     directives = _check_all(profile)
-    _strategic(_spark(profile, "crsm-strategic"), profile, directives)
+    with _single_run(profile, "strategic"):
+        _strategic(_spark(profile, "crsm-strategic"), profile, directives)
     return 0
 
 
@@ -297,9 +313,16 @@ def cmd_directives(args, profile: Profile) -> int:
 
 
 def cmd_demo(args, profile: Profile) -> int:
+    directives = _check_all(profile)
+    with ExitStack() as locks:  # the demo runs every job: none of them may run beside it
+        for job in JOBS:
+            locks.enter_context(_single_run(profile, job))
+        return _demo(args, profile, directives)
+
+
+def _demo(args, profile: Profile, directives) -> int:
     from pipelines import broker
 
-    directives = _check_all(profile)
     started_here = broker.running_pid(profile) is None
     if started_here:
         broker.start(profile)

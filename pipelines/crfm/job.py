@@ -6,7 +6,8 @@ roll-up runs when a silver table it reads has a new Delta version or the partial
 rebuilt, and not otherwise; `source_version` in the output records what it was computed
 from. When the strategic directive it serves asks for validity checks, `<table>_variants`
 holds the parameters re-measured for them (see parameter_variants); with `segmentation`,
-`<table>_segments` holds RFM scores, segments and k-means clusters.
+`<table>_segments` holds RFM scores, segments, k-means clusters and scores; each breakdown
+`by_<grain>` has its own partials and table `<table>_by_<grain>`, with the same as_of.
 """
 
 from __future__ import annotations

@@ -48,18 +48,22 @@ def _topics(directives) -> dict[str, str]:
     return {name: src.topic for name, src in directives.only("operational").directive.sources.items()}
 
 
-def _start_ingest(profile, log: Path, streaming: bool = False, batch: int = 5000) -> subprocess.Popen:
-    """`crm ingest` in its own process group, so that SIGKILL takes its JVM down with it."""
-    env = {
+def _env(profile, batch: int = 5000) -> dict[str, str]:
+    """The environment that points `crm` at the test's lakehouse, checkpoints and broker."""
+    return {
         **os.environ,
         "CRM_LAKEHOUSE": str(profile.lakehouse),
         "CRM_CHECKPOINTS": str(profile.checkpoints),
         "CRM_KAFKA_BOOTSTRAP": profile.kafka.bootstrap_servers,
         "CRM_MAX_OFFSETS_PER_TRIGGER": str(batch),
     }
+
+
+def _start_ingest(profile, log: Path, streaming: bool = False, batch: int = 5000) -> subprocess.Popen:
+    """`crm ingest` in its own process group, so that SIGKILL takes its JVM down with it."""
     args = [CRM, "ingest"] + ([] if streaming else ["--until-caught-up"])
     with log.open("ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(args, env=_env(profile, batch), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -213,3 +217,21 @@ def test_broker_restart_mid_stream_loses_nothing(spark, own_broker, base_profile
         if proc.poll() is None:
             _kill(proc)
     assert exactly_once_problems(spark, profile, directives, list(stream.events(0, 8000))) == []
+
+
+def test_an_overlapping_scheduled_run_exits_at_once_and_the_first_finishes(spark, own_broker, directives, tmp_path):
+    """What cron does when a run outlasts its interval: the next run starts beside it."""
+    profile, _ = own_broker
+    stream = EventStream(11, _topics(directives), mix=MIX)
+    events = list(stream.events(0, 3000))
+    produce(profile.kafka.bootstrap_servers, stream, 0, 3000)
+    first = _start_ingest(profile, tmp_path / "first.log")
+    lock = profile.checkpoints / "locks" / "ingest.lock"
+    _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 120, "the first run to take the lock")
+    second = subprocess.run([CRM, "ingest", "--until-caught-up"], env=_env(profile), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"crm: error: crm ingest is already running (pid {first.pid}, lock {lock}); this run did nothing"
+    )
+    assert first.wait(timeout=600) == 0, _tail(tmp_path / "first.log")
+    assert exactly_once_problems(spark, profile, directives, events) == []
