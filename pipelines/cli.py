@@ -257,6 +257,18 @@ def cmd_docs(args, profile: Profile) -> int:
     return 0
 
 
+def cmd_tables(args, profile: Profile) -> int:
+    from pipelines.catalog import catalog
+
+    out = Path(args.out)
+    if not any(profile.lakehouse.glob("*/*/_delta_log")):
+        raise CrmError(f"no Delta tables under {profile.lakehouse} yet; run `crm demo` (or the jobs) first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(catalog(profile.lakehouse, _check_all(profile)))
+    print(f"table catalogue: {out}")
+    return 0
+
+
 def _report(spark, profile: Profile, directives, out: str | None) -> None:
     from pipelines.crsm.report import build_report
 
@@ -447,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="site folder (default: <lakehouse>/_data_docs/gx/uncommitted/data_docs/local_site)")
     p.add_argument("--batches", type=int, default=50, help="how many of the newest batches to show (default 50)")
     p.set_defaults(func=cmd_docs)
+    p = sub.add_parser("tables", parents=[common], help="write the catalogue of every Delta table and column (no Spark needed)")
+    p.add_argument("--out", default="docs/tables.md", help="Markdown file (default docs/tables.md)")
+    p.set_defaults(func=cmd_tables)
     p = sub.add_parser("report", parents=[common], help="HTML report of the strategic KPIs, their goals and V1-V5 validity")
     p.add_argument("--out", help="folder for the reports, one subfolder per strategic directive (default: <lakehouse>/_reports)")
     p.set_defaults(func=cmd_report)

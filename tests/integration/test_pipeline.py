@@ -10,8 +10,10 @@ from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
+from pipelines.catalog import catalog
 from pipelines.config import REPO_ROOT
 from pipelines.crfm.job import run_functional
 from pipelines.crom.ingest import run_ingest, start_ingest
@@ -301,6 +303,18 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     # Same functional version again: no second snapshot.
     run_strategic(spark, profile, directives, strategic)
     assert read(result.table).count() == len(kpis)
+
+    # Analysts: every table of every layer opens without Spark (delta-rs), with Spark's row count.
+    on_disk = sorted(log.parent for log in profile.lakehouse.glob("*/*/_delta_log"))
+    assert {t.parent.name for t in on_disk} == {"crom", "crfm", "crsm"}
+    assert {t.name: DeltaTable(str(t)).to_pyarrow_dataset().count_rows() for t in on_disk} == {t.name: read(str(t)).count() for t in on_disk}
+    # The catalogue (docs/tables.md) lists every table and column, with the personal-data treatment.
+    text = catalog(profile.lakehouse, directives)
+    for table in on_disk:
+        section = text.split(f"### `{table.parent.name}/{table.name}`\n", 1)[1].split("###", 1)[0]
+        assert [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")] == read(str(table)).columns, table
+    assert "| `customer_email_hmac` | string | identification | hmac |" in text and "`customer_email`" not in text
+    assert "| `email_key` | string | identification | hmac |" in text
 
 
 def test_wiped_checkpoint_is_refused(spark, stack, directives, tmp_path):
