@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CACHED := .cache/.setup-done
 
-.PHONY: setup demo cdnow test unit bench eval clean tools dist
+.PHONY: setup demo cdnow test unit bench eval clean tools dist airflow
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -40,7 +40,17 @@ cdnow: setup
 dist: $(INSTALLED)
 	$(BIN)/python -m pipelines.dist dist/pipelines.zip
 
-test: setup
+# Apache Airflow in a virtualenv of its own, for jobs/airflow_dag.py (it never imports our code).
+AIRFLOW := .venv-airflow/.installed
+$(AIRFLOW):
+	$(PYTHON) -m venv .venv-airflow
+	.venv-airflow/bin/pip install --quiet --upgrade pip
+	.venv-airflow/bin/pip install --quiet "apache-airflow==3.3.2"
+	touch $@
+
+airflow: $(AIRFLOW)
+
+test: setup $(AIRFLOW)
 	$(BIN)/pytest
 
 unit: $(INSTALLED)

@@ -1,6 +1,6 @@
 """CROM cross-batch step (operational layer): silver -> crom/identity_map and crom/web_sessions_*.
 
-Run from the repository root after `make setup`, with the project's virtualenv active, after
+Run from the repository root after `make setup dist`, with the project's virtualenv active, after
 the ingest job:
 
     spark-submit \
