@@ -25,6 +25,7 @@ from pipelines.crom import records
 from pipelines.crom.logs import mine_templates
 from pipelines.crom.orders import datafy_orders, read_rates
 from pipelines.crom.parse import Parser
+from pipelines.crom.progress import ProgressListener
 from pipelines.crom.sentiment_model import load_model
 from pipelines.crom.text import datafy_text
 from pipelines.crom.web import datafy_web
@@ -71,6 +72,7 @@ class BatchWriter:
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
         self._seen: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
         self.phase_history: dict[int, dict[str, float]] = {}  # batch id -> seconds per phase, for `make bench`
+        self.batch_counts: dict[int, dict] = {}  # batch id -> records, quarantined, watermarks, for the progress listener
         # Column expressions are built once: building them costs thousands of JVM calls.
         decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic")
         self.parser = Parser(self.by_topic, limits=directive.limits, evolution=self.evolution, columns=decoded)
@@ -128,6 +130,8 @@ class BatchWriter:
         self.phase_history[batch_id] = dict(self.phases)
         if counts:
             total = lambda key: sum(c[key] for c in counts)  # noqa: E731
+            watermarks = {c["source"]: c["watermark"].isoformat() for c in counts if c["watermark"] is not None}
+            self.batch_counts[batch_id] = {"records": total("records"), "quarantined": total("quarantined"), "watermarks": watermarks}
             log.info(
                 "batch %d: %d records -> silver %d, quarantine %d, late %d, duplicates %d (%.1fs: %s)",
                 batch_id, total("records"), total("silver_rows"), total("quarantined"), total("late"), total("duplicates"),
@@ -315,6 +319,9 @@ def _refuse_wiped_checkpoint(writer: BatchWriter, checkpoint: str) -> None:
         )
 
 
+QUERY_NAME = "crom_ingest"
+
+
 def start_ingest(
     spark: SparkSession,
     profile: Profile,
@@ -344,7 +351,7 @@ def start_query(
     checkpoint = checkpoint or profile.checkpoint_path("crom_ingest")
     _refuse_wiped_checkpoint(writer, checkpoint)
     Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-    stream = kafka.writeStream.queryName("crom_ingest").foreachBatch(writer).option("checkpointLocation", checkpoint)
+    stream = kafka.writeStream.queryName(QUERY_NAME).foreachBatch(writer).option("checkpointLocation", checkpoint)
     if until_caught_up:
         stream = stream.trigger(availableNow=True)
     else:
@@ -377,7 +384,14 @@ def run_ingest(
 ) -> None:
     """Run the CROM query until it is caught up (or stopped); CrmError with the reason if it fails."""
     for attempt in (1, 2):
-        query = start_ingest(spark, profile, operational, schemas, until_caught_up, checkpoint)
+        writer = BatchWriter(spark, profile, operational, schemas)
+        listener = ProgressListener(QUERY_NAME, profile.checkpoints / "progress", writer.batch_counts)
+        spark.streams.addListener(listener)
+        try:
+            query = start_query(spark, profile, writer, until_caught_up, checkpoint)
+        except BaseException:
+            spark.streams.removeListener(listener)
+            raise
         try:
             query.awaitTermination()
         except KeyboardInterrupt:
@@ -385,6 +399,9 @@ def run_ingest(
             query.stop()
         except Exception:  # noqa: BLE001 - the query's own exception is read just below
             pass
+        finally:
+            listener.close()  # the last batch's progress arrives after awaitTermination returns
+            spark.streams.removeListener(listener)
         failure = query.exception()
         if failure is None:
             return

@@ -124,6 +124,15 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     assert all(r["event_time"] < r["watermark"] for r in late_rows)
     by_trust = {r["trust_level"]: r["count"] for r in read(tables.silver["web"]).groupBy("trust_level").count().collect()}
     assert by_trust.get("untrusted", 0) == sum(1 for e in events if e.kind == "untrusted_producer" and e.source == "web")
+    # Progress for operators: a JSON line per batch, and Prometheus metrics of the last one.
+    progress = [json.loads(line) for line in (profile.checkpoints / "progress" / "crom_ingest.jsonl").read_text().splitlines()]
+    batches = read(tables.batch_audit).select("batch_id").distinct().count()
+    assert len(progress) == batches and sum(p["rows"] for p in progress) == FIRST
+    assert sum(p["quarantine_rate"] * p["rows"] for p in progress) == pytest.approx(sum(quarantine.values()))
+    assert progress[-1]["lag_records"] == 0 and set(progress[-1]["watermarks"]) <= set(topics)  # caught up
+    metrics = (profile.checkpoints / "progress" / "crom_ingest.prom").read_text()
+    assert 'crm_kafka_lag_records{query="crom_ingest"} 0.0' in metrics
+    assert f'crm_batch_id{{query="crom_ingest"}} {float(progress[-1]["batch"])}' in metrics
     assert by_trust["high"] == len(silver["web"]) - by_trust.get("untrusted", 0)
     # Rule violations carry the rules they broke.
     failed = read(tables.quarantine).where(F.col("reason_code") == "expectation_failed").select("failed_rules").collect()
