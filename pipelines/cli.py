@@ -257,6 +257,30 @@ def cmd_docs(args, profile: Profile) -> int:
     return 0
 
 
+def cmd_status(args, profile: Profile) -> int:
+    from pipelines import status
+    from pipelines.topics import end_offsets
+
+    states = status.tables(profile.lakehouse)
+    if not states:
+        print(f"no Delta tables under {profile.lakehouse} yet")
+    for t in states:
+        if t.error:
+            print(f"{t.name:<48} unreadable without Spark: {t.error}")
+        else:
+            print(f"{t.name:<48} {t.rows:>12,} rows  version {t.version:>4}  {t.operation:<8} {t.committed_at:%Y-%m-%d %H:%M:%S} UTC")
+    topics = [src.topic for src in _check_all(profile).only("operational").directive.sources.values()]
+    committed = status.committed_offsets(Path(profile.checkpoint_path("crom_ingest")))
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # an absent broker is reported below, in one line
+    try:
+        behind = status.lag(end_offsets(profile.kafka.bootstrap_servers, topics), committed)
+    except CrmError as exc:
+        print(f"ingest lag: unknown ({exc})")
+        return 0
+    print("ingest lag (records not read yet): " + ", ".join(f"{topic} {n:,}" for topic, n in sorted(behind.items())))
+    return 0
+
+
 def cmd_tables(args, profile: Profile) -> int:
     from pipelines.catalog import catalog
 
@@ -459,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="site folder (default: <lakehouse>/_data_docs/gx/uncommitted/data_docs/local_site)")
     p.add_argument("--batches", type=int, default=50, help="how many of the newest batches to show (default 50)")
     p.set_defaults(func=cmd_docs)
+    p = sub.add_parser("status", parents=[common], help="tables (rows, version, last commit) and the ingest lag per topic")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("tables", parents=[common], help="write the catalogue of every Delta table and column (no Spark needed)")
     p.add_argument("--out", default="docs/tables.md", help="Markdown file (default docs/tables.md)")
     p.set_defaults(func=cmd_tables)

@@ -38,15 +38,21 @@ def ensure_topics(bootstrap: str, sources: dict[str, Source | Recommendations]) 
         admin.close()
 
 
-def end_offsets_total(bootstrap: str, topics: list[str]) -> int:
-    """How many records the topics hold in all (sum of end offsets), 0 for missing topics."""
+def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The end offset of every partition of the topics; missing topics have none."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        partitions = [
-            TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())
-        ]
-        return sum(consumer.end_offsets(partitions).values()) if partitions else 0
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10_000)
+    except (KafkaError, OSError) as exc:
+        raise CrmError(f"cannot reach Kafka at {bootstrap}: {exc}; is the broker running (`crm broker start`)?") from exc
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        return {(tp.topic, tp.partition): offset for tp, offset in consumer.end_offsets(partitions).items()} if partitions else {}
     finally:
         consumer.close()
+
+
+def end_offsets_total(bootstrap: str, topics: list[str]) -> int:
+    """How many records the topics hold in all (sum of end offsets), 0 for missing topics."""
+    return sum(end_offsets(bootstrap, topics).values())

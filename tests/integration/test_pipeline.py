@@ -8,6 +8,7 @@ import hmac
 import json
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
@@ -25,8 +26,9 @@ from pipelines.crsm.report import build_report
 from pipelines.errors import CrmError
 from pipelines.generator import COMPLAINTS, LOG_LINES, PRODUCTS, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
 from pipelines.privacy import hmac_key, phone_key
+from pipelines.status import committed_offsets, lag
 from pipelines.tables import CromTables, functional_table, strategic_table
-from pipelines.topics import ensure_topics
+from pipelines.topics import end_offsets, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -203,7 +205,11 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
 
     # New events: only they are read, and only their rows are added.
     produce(profile.kafka.bootstrap_servers, stream, FIRST, SECOND, progress=lambda _: None)
+    checkpoint = Path(profile.checkpoint_path("crom_ingest"))
+    behind = lambda: lag(end_offsets(profile.kafka.bootstrap_servers, list(topics.values())), committed_offsets(checkpoint))  # noqa: E731
+    assert sum(behind().values()) == SECOND  # what `crm status` reports before the next run
     _ingest(spark, profile, directives)
+    assert behind() == {topic: 0 for topic in topics.values()}
     more = list(stream.events(FIRST, SECOND))
     silver2, quarantine2, _, _ = _expected(events + more)
     assert read(tables.bronze).count() == FIRST + SECOND
