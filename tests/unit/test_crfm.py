@@ -8,8 +8,9 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, daily_partials, merge_partials, silver_partials
+from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, silver_partials
 from pipelines.directives import FunctionalDirective
+from tests.helpers import transaction_param
 from pipelines.errors import CrmError
 
 AS_OF = datetime(2026, 6, 30, 12, 0)
@@ -80,10 +81,6 @@ def test_as_of_is_the_newest_events_day_unless_the_directive_names_one(spark):
     assert end_of_day == datetime(2026, 6, 1, 23, 59, 59, 999999)
 
 
-def _day_param(name: str, measure: str, **more) -> dict:
-    return {"name": name, "class": "transactional", "source": "transaction", "measure": measure, **more}
-
-
 PURCHASE_DAYS = FunctionalDirective.model_validate(
     {
         "id": "functional.days",
@@ -92,12 +89,12 @@ PURCHASE_DAYS = FunctionalDirective.model_validate(
         "description": "BG/NBD inputs with a calibration end on 2026-06-30 and a 10-day holdout",
         "as_of": "2026-06-30",
         "parameters": [
-            _day_param("x", "repeat_days"),
-            _day_param("t_x", "first_to_last_days"),
-            _day_param("age", "tenure_days"),
-            _day_param("m", "repeat_avg", column="amount"),
-            _day_param("days", "active_days"),
-            _day_param("holdout", "active_days", holdout_days=10),
+            transaction_param("x", "repeat_days"),
+            transaction_param("t_x", "first_to_last_days"),
+            transaction_param("age", "tenure_days"),
+            transaction_param("m", "repeat_avg", column="amount"),
+            transaction_param("days", "active_days"),
+            transaction_param("holdout", "active_days", holdout_days=10),
         ],
     }
 )

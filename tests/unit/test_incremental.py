@@ -12,13 +12,10 @@ from pyspark.testing import assertDataFrameEqual
 from pipelines.crfm.incremental import update_partials
 from pipelines.crfm.parameters import as_of_time, by_source, customer_parameters, silver_partials
 from pipelines.directives import FunctionalDirective
+from tests.helpers import transaction_param
 
 SCHEMA = "customer_id string, event_time timestamp, amount double, session_id string, trust_level string"
 START = datetime(2026, 1, 1)
-
-
-def _param(name: str, measure: str, **more) -> dict:
-    return {"name": name, "class": "transactional", "source": "transaction", "measure": measure, **more}
 
 
 # One parameter of every measure, with windows, a holdout-free as_of from the data, and a filter.
@@ -29,18 +26,18 @@ DIRECTIVE = FunctionalDirective.model_validate(
         "description": "every measure",
         "include_untrusted": False,
         "parameters": [
-            _param("n_30d", "count", window_days=30),
-            _param("big_30d", "count", window_days=30, filter="amount > 50"),
-            _param("sum_90d", "sum", column="amount", window_days=90),
-            _param("avg_90d", "avg", column="amount", window_days=90),
-            _param("sessions_30d", "count_distinct", column="session_id", window_days=30),
-            _param("last_amount", "last", column="amount"),
-            _param("recency", "recency_days"),
-            _param("x", "repeat_days"),
-            _param("t_x", "first_to_last_days"),
-            _param("age", "tenure_days"),
-            _param("m", "repeat_avg", column="amount"),
-            _param("days_7d", "active_days", window_days=7),
+            transaction_param("n_30d", "count", window_days=30),
+            transaction_param("big_30d", "count", window_days=30, filter="amount > 50"),
+            transaction_param("sum_90d", "sum", column="amount", window_days=90),
+            transaction_param("avg_90d", "avg", column="amount", window_days=90),
+            transaction_param("sessions_30d", "count_distinct", column="session_id", window_days=30),
+            transaction_param("last_amount", "last", column="amount"),
+            transaction_param("recency", "recency_days"),
+            transaction_param("x", "repeat_days"),
+            transaction_param("t_x", "first_to_last_days"),
+            transaction_param("age", "tenure_days"),
+            transaction_param("m", "repeat_avg", column="amount"),
+            transaction_param("days_7d", "active_days", window_days=7),
         ],
     }
 )
