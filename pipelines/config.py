@@ -16,7 +16,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipelines.errors import CrmError, describe_validation_error
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def _repo_root() -> Path:
+    """The checkout holding conf/, directives/ and schemas/. Under spark-submit --py-files the
+    package is imported from a zip; the jobs then run from the repository root (or CRM_HOME)."""
+    if os.environ.get("CRM_HOME"):
+        return Path(os.environ["CRM_HOME"]).resolve()
+    package_parent = Path(__file__).resolve().parent.parent
+    return package_parent if package_parent.is_dir() else Path.cwd().resolve()
+
+
+REPO_ROOT = _repo_root()
 CONF_DIR = REPO_ROOT / "conf"
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
