@@ -66,3 +66,21 @@ def kafka(base_profile: Profile, tmp_path_factory):
         ), data_dir
     finally:
         broker.stop(base_profile, data_dir)
+
+
+@pytest.fixture
+def own_broker(base_profile, profile, directives, tmp_path):
+    """A broker of this test's own (empty topics; it may be restarted), and the profile pointing at it."""
+    from pipelines import broker
+    from pipelines.topics import ensure_topics
+
+    port, data_dir = free_port(), tmp_path / "broker"
+    ports = dict(port=port, controller_port=free_port(), data_dir=data_dir)
+    broker.start(base_profile, **ports)
+    bootstrap = f"127.0.0.1:{port}"
+    profile = profile.model_copy(update={"kafka": profile.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
+    ensure_topics(bootstrap, directives.only("operational").directive.sources)
+    try:
+        yield profile, ports
+    finally:
+        broker.stop(base_profile, data_dir)

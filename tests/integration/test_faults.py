@@ -20,28 +20,11 @@ from pipelines import broker
 from pipelines.crom.ingest import run_ingest
 from pipelines.generator import EventStream, produce
 from pipelines.tables import CromTables
-from pipelines.topics import ensure_topics
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 CRM = str(Path(sys.executable).parent / "crm")
 MIX = {"malformed_json": 0.05, "duplicate": 0.02}  # the issue's fault mix
-
-
-@pytest.fixture
-def own_broker(base_profile, profile, directives, tmp_path):
-    """A broker of this test's own (it may be restarted), and the profile pointing at it."""
-    port, data_dir = free_port(), tmp_path / "broker"
-    ports = dict(port=port, controller_port=free_port(), data_dir=data_dir)
-    broker.start(base_profile, **ports)
-    bootstrap = f"127.0.0.1:{port}"
-    profile = profile.model_copy(update={"kafka": profile.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
-    ensure_topics(bootstrap, directives.only("operational").directive.sources)
-    try:
-        yield profile, ports
-    finally:
-        broker.stop(base_profile, data_dir)
 
 
 def _topics(directives) -> dict[str, str]:

@@ -16,17 +16,15 @@ from pipelines.config import REPO_ROOT
 from pipelines.dist import build
 from pipelines.generator import EventStream, produce
 from pipelines.tables import CromTables, functional_table, strategic_table
-from pipelines.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
 SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")  # installed with pyspark
 
 
-def test_every_layer_runs_under_spark_submit(spark, kafka, profile, directives, tmp_path):
-    profile = profile.model_copy(update={"kafka": kafka[0].kafka})
+def test_every_layer_runs_under_spark_submit(spark, own_broker, directives, tmp_path):
+    profile, _ = own_broker  # empty topics: the tables must hold exactly this test's events
     sources = directives.only("operational").directive.sources
-    ensure_topics(profile.kafka.bootstrap_servers, sources)
     stream = EventStream(8, {name: src.topic for name, src in sources.items()})  # every event valid
     events = list(stream.events(0, 2000))
     produce(profile.kafka.bootstrap_servers, stream, 0, 2000)
