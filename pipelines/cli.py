@@ -348,12 +348,58 @@ def cmd_directives(args, profile: Profile) -> int:
     return 0
 
 
-def cmd_demo(args, profile: Profile) -> int:
-    directives = _check_all(profile)
-    with ExitStack() as locks:  # the demo runs every job: none of them may run beside it
+def _every_job_held(profile: Profile) -> ExitStack:
+    """For commands that run or change what every job does: none of the jobs may run beside them."""
+    locks = ExitStack()
+    try:
         for job in JOBS:
             locks.enter_context(_single_run(profile, job))
+    except BaseException:
+        locks.close()
+        raise
+    return locks
+
+
+def cmd_demo(args, profile: Profile) -> int:
+    directives = _check_all(profile)
+    with _every_job_held(profile):
         return _demo(args, profile, directives)
+
+
+def cmd_forget(args, profile: Profile) -> int:
+    from pipelines.erasure import forget
+    from pipelines.tables import CromTables
+
+    directives = _check_all(profile)
+    with _every_job_held(profile):
+        spark = _spark(profile, "crm-forget")
+        erased = forget(spark, profile.lakehouse, CromTables.of(profile, list(directives.schemas)), args.customer)
+    for e in erased:
+        print(f"  {e.table:<56} {e.deleted:>9,} rows deleted" + (f", {e.updated:,} rows lost the id from an array" if e.updated else ""))
+    print(f"forgot the customer in {len(erased)} tables and vacuumed every table; "
+          "Kafka keeps the raw events until each topic's retention_hours")  # fmt: skip
+    return 0
+
+
+def cmd_purge(args, profile: Profile) -> int:
+    from datetime import datetime, timezone
+
+    from pipelines.erasure import purge
+    from pipelines.tables import CromTables
+
+    directives = _check_all(profile)
+    try:
+        now = datetime.fromisoformat(args.as_of).replace(tzinfo=timezone.utc) if args.as_of else datetime.now(timezone.utc)
+    except ValueError:
+        raise CrmError(f"--as-of {args.as_of!r} is not a date (YYYY-MM-DD)") from None
+    operational = directives.only("operational").directive
+    with _every_job_held(profile):
+        spark = _spark(profile, "crm-purge")
+        erased = purge(spark, CromTables.of(profile, list(directives.schemas)), operational.sources, now)
+    for e in erased:
+        print(f"  {e.table:<56} {e.deleted:>9,} rows deleted")
+    print(f"purged {sum(e.deleted for e in erased):,} rows older than each source's delta_retention_days (as of {now:%Y-%m-%d %H:%M} UTC)")
+    return 0
 
 
 def _demo(args, profile: Profile, directives) -> int:
@@ -491,6 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="HTML report of the strategic KPIs, their goals and V1-V5 validity")
     p.add_argument("--out", help="folder for the reports, one subfolder per strategic directive (default: <lakehouse>/_reports)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("forget", parents=[common], help="erase one customer from every table (DELETE, then VACUUM)")
+    p.add_argument("customer", help="the customer id, e.g. C000123")
+    p.set_defaults(func=cmd_forget)
+    p = sub.add_parser("purge", parents=[common], help="delete CROM rows older than each source's delta_retention_days")
+    p.add_argument("--as-of", help="the day retention counts back from (YYYY-MM-DD, UTC); default now")
+    p.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("demo", parents=[common], help="broker, events, CROM, CRFM, CRSM and a summary, end to end")
     p.add_argument("--events", type=int, default=100_000, help="events to produce (default 100000)")

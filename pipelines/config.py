@@ -143,6 +143,8 @@ def load_profile(name: str = "local") -> Profile:
         raw.setdefault("ingest", {})["max_offsets_per_trigger"] = env["CRM_MAX_OFFSETS_PER_TRIGGER"]
     if env.get("CRM_KAFKA_BOOTSTRAP"):
         raw["kafka"]["bootstrap_servers"] = env["CRM_KAFKA_BOOTSTRAP"]
+    if env.get("CRM_SPARK_MASTER"):
+        raw.setdefault("spark", {})["master"] = env["CRM_SPARK_MASTER"]
     raw.setdefault("models", ".models")
     for key in ("lakehouse", "checkpoints", "directives", "schemas", "cache", "models"):
         if key in raw:

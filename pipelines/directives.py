@@ -387,7 +387,8 @@ class Source(_Strict):
     topic: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     schema_: str = Field(alias="schema", pattern=r"^[a-z_]+\.v[0-9]+$")
     partitions: int = Field(default=1, ge=1)
-    retention_hours: int = Field(default=168, ge=1)
+    retention_hours: int = Field(default=168, ge=1, description="Kafka topic retention.")
+    delta_retention_days: int | None = Field(default=None, ge=1, description="`crm purge` deletes the source's CROM rows older than this; none keeps them.")
     trust: Trust
     evolution: Evolution = Evolution()
     expectations: list[Expectation] = []
@@ -605,7 +606,7 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
         for name, src in op.directive.sources.items()
     }
     _check_parameter_list(f"{ref.path}: parameters", ref.directive, ref.directive.parameters, datafied, schemas)
-    seen = {"variants", "segments"}
+    seen: set[str] = set()  # the other tables' names (variants, segments) cannot match ^by_
     for i, breakdown in enumerate(ref.directive.breakdowns):
         where = f"{ref.path}: breakdowns[{i}] ({breakdown.name})"
         if breakdown.name in seen:

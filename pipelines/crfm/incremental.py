@@ -9,7 +9,8 @@ batch id and a replayed batch is skipped (BatchAppender).
 The partials table records a fingerprint of the parameters it folds. When the directive
 changes them, when the table and its checkpoint disagree (one of them lost), or on request
 (`full`), both are removed and the stream starts from silver's first version: a full
-recompute through the same code.
+recompute through the same code. So is a table whose stream finds that a silver file it
+had not read was erased (see pipelines/erasure.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delta.tables import DeltaTable
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -124,12 +126,25 @@ def update_partials(
             new.unpersist()
 
     query = (
-        spark.readStream.format("delta").load(silver)
+        # DELETEs (crm purge, crm forget) rewrite silver's files: their commits are not new events.
+        spark.readStream.format("delta").option("skipChangeCommits", "true").load(silver)
         .writeStream.foreachBatch(fold)
         .option("checkpointLocation", str(checkpoint))
         .trigger(availableNow=True)
         .start()
     )  # fmt: skip
-    query.awaitTermination()
+    try:
+        query.awaitTermination()
+    except StreamingQueryException as exc:
+        if full or not _vacuumed_before_read(exc):
+            raise
+        # crm forget (or a purge past VACUUM's retention) rewrote and removed a file this stream
+        # had not read: its other rows are only in the rewrite, a commit the stream skips.
+        log.warning("rebuilding %s: silver files it had not read yet were erased (crm forget or purge)", table)
+        return update_partials(spark, silver, table, checkpoint, params, grain, full=True)
     new_events = sum(p["numInputRows"] for p in query.recentProgress)
     return PartialsRun(table, rebuilt, new_events)
+
+
+def _vacuumed_before_read(exc: Exception) -> bool:
+    return any(sign in str(exc) for sign in ("FileNotFoundException", "FILE_NOT_EXIST", "DELTA_FILE_NOT_FOUND"))

@@ -76,7 +76,8 @@ def _partial(param: Parameter, kind: str) -> Column:
 def daily_partials(silver: DataFrame, params: list[Parameter], grain: str) -> DataFrame:
     """One row per customer, day and trust with each parameter's partial sums (pure)."""
     events = silver.where(F.col(grain).isNotNull() & F.col(EVENT_TIME).isNotNull())
-    by = [F.col(grain), F.to_date(EVENT_TIME).alias(DAY), (F.col("trust_level") != F.lit(UNTRUSTED)).alias(TRUSTED)]
+    trusted = F.coalesce(F.col("trust_level") != F.lit(UNTRUSTED), F.lit(False))  # none given: untrusted (a null key never MERGEs)
+    by = [F.col(grain), F.to_date(EVENT_TIME).alias(DAY), trusted.alias(TRUSTED)]
     return events.groupBy(*by).agg(*[_partial(p, kind) for p in params for kind in PARTS[p.measure]])
 
 

@@ -297,3 +297,10 @@ def test_breakdown_grain_must_be_a_column_of_its_sources(tree: Path):
     _edit(tree / "functional" / "customer_metrics.yaml", grain_typo)
     with pytest.raises(CrmError, match=r"breakdowns\[0\] \(by_campaign\): grain: 'campain_name' is not a column of web.v1's silver table"):
         _load(tree)
+
+
+@pytest.mark.parametrize("days", [0, -3, "forever"])
+def test_bad_delta_retention_is_refused(tree: Path, days):
+    _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["web"].update(delta_retention_days=days))
+    with pytest.raises(CrmError, match=r"sources.web.delta_retention_days"):
+        _load(tree)
