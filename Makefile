@@ -65,4 +65,5 @@ eval: $(INSTALLED)
 
 clean:
 	-$(BIN)/crm broker stop
-	rm -rf dist .lakehouse .checkpoints .lakehouse-cdnow .checkpoints-cdnow .broker bench-results.json bench-results.md eval-results.json eval-top-pages.json
+	-$(BIN)/crm broker stop --conf secure
+	rm -rf dist .lakehouse .checkpoints .lakehouse-cdnow .checkpoints-cdnow .broker .lakehouse-secure .checkpoints-secure .broker-secure bench-results.json bench-results.md eval-results.json eval-top-pages.json

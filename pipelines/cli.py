@@ -85,12 +85,12 @@ def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction:
     from pipelines.topics import end_offsets_total, ensure_topics
 
     operational = directives.only("operational").directive
-    ensure_topics(profile.kafka.bootstrap_servers, operational.sources)
+    ensure_topics(profile.kafka, operational.sources)
     topics = {name: src.topic for name, src in operational.sources.items()}
-    first = end_offsets_total(profile.kafka.bootstrap_servers, list(topics.values())) if start == "auto" else int(start)
+    first = end_offsets_total(profile.kafka, list(topics.values())) if start == "auto" else int(start)
     log.info("producing %d events from index %d (seed %d, bad fraction %.3f)", events, first, seed, bad_fraction)
     stream = EventStream(seed=seed, topics=topics, bad_fraction=bad_fraction)
-    manifest = produce(profile.kafka.bootstrap_servers, stream, first, events, rate=rate)
+    manifest = produce(profile.kafka, stream, first, events, rate=rate)
     for source, n in sorted(manifest.per_source().items()):
         print(f"  {source:<12} {n:>9,}")
     return manifest
@@ -107,9 +107,9 @@ def _replay(profile: Profile, directives, dataset: str, path: Path | None, limit
     from pipelines.topics import ensure_topics
 
     operational = directives.only("operational").directive
-    ensure_topics(profile.kafka.bootstrap_servers, operational.sources)
+    ensure_topics(profile.kafka, operational.sources)
     root = path or sample_data() / dataset_folder(dataset)
-    counts = replay(profile.kafka.bootstrap_servers, dataset, root, {name: src.topic for name, src in operational.sources.items()}, limit)
+    counts = replay(profile.kafka, dataset, root, {name: src.topic for name, src in operational.sources.items()}, limit)
     print(f"replayed {dataset} from {root}:")
     for what, n in sorted(counts.items()):
         print(f"  {what:<12} {n:>9,}")
@@ -139,7 +139,10 @@ def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
 
 
 def cmd_ingest(args, profile: Profile) -> int:
+    from pipelines.topics import check_connection
+
     directives = _check_all(profile)
+    check_connection(profile.kafka)  # before Spark starts: a wrong password or CA is one line at once
     with _single_run(profile, "ingest"):  # before Spark starts: an overlapping run exits at once
         _ingest(_spark(profile, "crom-ingest"), profile, directives, args.until_caught_up)
     return 0
@@ -273,7 +276,7 @@ def cmd_status(args, profile: Profile) -> int:
     committed = status.committed_offsets(Path(profile.checkpoint_path("crom_ingest")))
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # an absent broker is reported below, in one line
     try:
-        behind = status.lag(end_offsets(profile.kafka.bootstrap_servers, topics), committed)
+        behind = status.lag(end_offsets(profile.kafka, topics), committed)
     except CrmError as exc:
         print(f"ingest lag: unknown ({exc})")
         return 0

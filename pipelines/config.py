@@ -1,7 +1,8 @@
 """Profiles in conf/: where the lakehouse, checkpoints and broker live, and how Spark starts.
 
 A profile is a YAML file `conf/<name>.yaml`. Relative paths resolve against the repository
-root; CRM_LAKEHOUSE, CRM_CHECKPOINTS, CRM_KAFKA_BOOTSTRAP, CRM_MAX_OFFSETS_PER_TRIGGER and
+root and must stay inside it; CRM_LAKEHOUSE, CRM_CHECKPOINTS, CRM_KAFKA_BOOTSTRAP,
+CRM_KAFKA_USERNAME, CRM_KAFKA_PASSWORD, CRM_KAFKA_CAFILE, CRM_MAX_OFFSETS_PER_TRIGGER and
 CRM_IDEMPOTENT_WRITES override the profile.
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from pipelines.errors import CrmError, describe_validation_error
 
@@ -36,7 +38,68 @@ class _Strict(BaseModel):
 
 
 class KafkaSettings(_Strict):
+    """Where the broker is and how to authenticate. The password is never in a profile: it is
+    read from CRM_KAFKA_PASSWORD, and SecretStr keeps it out of reprs, logs and errors."""
+
     bootstrap_servers: str
+    security_protocol: Literal["PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-256"
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl_cafile: Path | None = None  # the CA that signed the broker's certificate (PEM)
+
+    def credentials(self) -> tuple[str, str, Path]:
+        """Username, password and CA; checked when a connection is made, so that commands
+        that need none (`crm broker stop`) run without them."""
+        needed = {
+            "a username (kafka.username, CRM_KAFKA_USERNAME)": self.username,
+            "a password (CRM_KAFKA_PASSWORD)": self.password,
+            "a CA certificate (kafka.ssl_cafile, CRM_KAFKA_CAFILE)": self.ssl_cafile,
+        }
+        missing = [what for what, value in needed.items() if not value]
+        if missing:
+            raise CrmError(f"Kafka over SASL_SSL needs {', '.join(missing)}")
+        return self.username, self.password.get_secret_value(), self.ssl_cafile
+
+    @property
+    def secure(self) -> bool:
+        return self.security_protocol == "SASL_SSL"
+
+    def client_options(self) -> dict:
+        """Keyword arguments for kafka-python's producer, consumer and admin clients."""
+        options: dict = {"bootstrap_servers": self.bootstrap_servers}
+        if self.secure:
+            username, password, cafile = self.credentials()
+            options.update(
+                security_protocol="SASL_SSL",
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=username,
+                sasl_plain_password=password,
+                ssl_cafile=str(cafile),
+            )
+        return options
+
+    def spark_options(self) -> dict[str, str]:
+        """Options of Spark's Kafka source and sink. The JAAS line holds the password: Spark
+        redacts it from plans and the event log (spark.sql.redaction.options.regex)."""
+        options = {"kafka.bootstrap.servers": self.bootstrap_servers}
+        if self.secure:
+            username, password, cafile = self.credentials()
+            options.update(
+                {
+                    "kafka.security.protocol": "SASL_SSL",
+                    "kafka.sasl.mechanism": self.sasl_mechanism,
+                    "kafka.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                    f'username="{_jaas_quoted(username)}" password="{_jaas_quoted(password)}";',
+                    "kafka.ssl.truststore.type": "PEM",
+                    "kafka.ssl.truststore.location": str(cafile),
+                }
+            )
+        return options
+
+
+def _jaas_quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 class BrokerSettings(_Strict):
@@ -91,9 +154,20 @@ def sample_data() -> Path:
     return Path(os.environ.get("CRM_SAMPLE_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
 
 
-def _resolve(path: str | Path) -> Path:
+def inside(root: Path, path: Path, what: str) -> Path:
+    """`path` with links and '..' resolved, refused if that leads out of `root`."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise CrmError(f"{what}: {path} leads outside {root} (to {resolved}); refused")
+    return resolved
+
+
+def _resolve(path: str | Path, setting: str, where: Path) -> Path:
+    """A profile path: absolute as given, or relative to the repository root and inside it."""
     p = Path(path).expanduser()
-    return (p if p.is_absolute() else REPO_ROOT / p).resolve()
+    if p.is_absolute():
+        return p.resolve()
+    return inside(REPO_ROOT, REPO_ROOT / p, f"{where}: {setting} (give an absolute path to mean another place)")
 
 
 def _merged(base: dict, override: dict) -> dict:
@@ -141,17 +215,22 @@ def load_profile(name: str = "local") -> Profile:
         raw.setdefault("ingest", {})["idempotent_writes"] = False
     if env.get("CRM_MAX_OFFSETS_PER_TRIGGER"):
         raw.setdefault("ingest", {})["max_offsets_per_trigger"] = env["CRM_MAX_OFFSETS_PER_TRIGGER"]
-    if env.get("CRM_KAFKA_BOOTSTRAP"):
-        raw["kafka"]["bootstrap_servers"] = env["CRM_KAFKA_BOOTSTRAP"]
+    if "password" in raw["kafka"]:
+        raise CrmError(f"{path}: kafka.password: a password never goes in a profile; set CRM_KAFKA_PASSWORD")
+    for key, var in (("bootstrap_servers", "CRM_KAFKA_BOOTSTRAP"), ("username", "CRM_KAFKA_USERNAME"), ("password", "CRM_KAFKA_PASSWORD"), ("ssl_cafile", "CRM_KAFKA_CAFILE")):
+        if env.get(var):
+            raw["kafka"][key] = env[var]
+    if raw["kafka"].get("ssl_cafile"):
+        raw["kafka"]["ssl_cafile"] = _resolve(raw["kafka"]["ssl_cafile"], "kafka.ssl_cafile", path)
     if env.get("CRM_SPARK_MASTER"):
         raw.setdefault("spark", {})["master"] = env["CRM_SPARK_MASTER"]
     raw.setdefault("models", ".models")
     for key in ("lakehouse", "checkpoints", "directives", "schemas", "cache", "models"):
         if key in raw:
-            raw[key] = _resolve(raw[key])
+            raw[key] = _resolve(raw[key], key, path)
     if isinstance(raw.get("broker"), dict) and "data_dir" in raw["broker"]:
-        raw["broker"]["data_dir"] = str(_resolve(raw["broker"]["data_dir"]))
+        raw["broker"]["data_dir"] = str(_resolve(raw["broker"]["data_dir"], "broker.data_dir", path))
     try:
         return Profile(name=name, **raw)
-    except ValidationError as exc:
-        raise CrmError(describe_validation_error(path, exc)) from exc
+    except ValidationError as exc:  # not chained: pydantic's message repeats the input, password and all
+        raise CrmError(describe_validation_error(path, exc)) from None

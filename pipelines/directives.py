@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pyspark.sql import types as T
 
+from pipelines.config import inside
 from pipelines.errors import CrmError, describe_validation_error
 from pipelines.schemas import DATA_CLASSES, EventSchema, load_schema
 
@@ -483,6 +484,7 @@ def _load_level(root: Path, level: str) -> dict[str, Loaded]:
     loaded: dict[str, Loaded] = {}
     folder = root / level
     for path in sorted(folder.glob("*.y*ml")):
+        inside(root, path, "directive")  # a link out of the folder is refused
         raw = _read_yaml(path)
         try:
             directive = _MODELS[level].model_validate(raw)

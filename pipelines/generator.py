@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
+from pipelines.config import KafkaSettings
+from pipelines.topics import connect
+
 SOURCES = ("web", "social", "log", "transaction")
 SOURCE_WEIGHTS = (50, 10, 20, 20)
 BAD_KINDS = (
@@ -323,15 +326,16 @@ class Manifest:
         return sum(n for (s, k), n in self.by_source_kind.items() if k in kinds and (source is None or s == source))
 
 
-def _produce_slice(bootstrap: str, stream: EventStream, indices: range, rate: float | None, sent) -> Counter:
+def _produce_slice(kafka: KafkaSettings, stream: EventStream, indices: range, rate: float | None, sent) -> Counter:
     """One worker: send the events of `indices`, adding to the shared `sent` counter."""
     import logging
 
     from kafka import KafkaProducer
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
+    producer = connect(
+        KafkaProducer,
+        kafka,
         acks="all",
         linger_ms=50,
         batch_size=1024 * 1024,
@@ -360,7 +364,7 @@ def _produce_slice(bootstrap: str, stream: EventStream, indices: range, rate: fl
 
 
 def produce(
-    bootstrap: str,
+    kafka: KafkaSettings,
     stream: EventStream,
     start: int,
     count: int,
@@ -387,7 +391,7 @@ def produce(
     # A worker that dies raises BrokenProcessPool here instead of hanging the caller.
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_share_counter, initargs=(sent,)) as pool:
         pending = {
-            pool.submit(_produce_slice_shared, bootstrap, stream, range(start + k, start + count, workers), rate / workers if rate else None)
+            pool.submit(_produce_slice_shared, kafka, stream, range(start + k, start + count, workers), rate / workers if rate else None)
             for k in range(workers)
         }
         while pending:
@@ -410,5 +414,5 @@ def _share_counter(counter) -> None:
     _sent = counter
 
 
-def _produce_slice_shared(bootstrap: str, stream: EventStream, indices: range, rate: float | None) -> Counter:
-    return _produce_slice(bootstrap, stream, indices, rate, _sent)
+def _produce_slice_shared(kafka: KafkaSettings, stream: EventStream, indices: range, rate: float | None) -> Counter:
+    return _produce_slice(kafka, stream, indices, rate, _sent)

@@ -38,7 +38,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipelines.config import KafkaSettings
 from pipelines.errors import CrmError
+from pipelines.topics import connect
 
 COMBINED = re.compile(
     r'^(?P<client>\S+) \S+ \S+ \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) \S+ "(?P<referrer>[^"]*)" "(?P<agent>[^"]*)"'
@@ -209,7 +211,7 @@ def _expect(path: Path) -> Path:
 
 
 def replay(
-    bootstrap: str,
+    kafka: KafkaSettings,
     dataset: str,
     root: Path,
     topics: dict[str, str],
@@ -228,7 +230,7 @@ def replay(
     if dataset not in DATASETS:
         raise CrmError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50, compression_type="lz4")
+    producer = connect(KafkaProducer, kafka, acks="all", linger_ms=50, compression_type="lz4")
     counts: Counter = Counter()
     try:
         for n, record in enumerate(DATASETS[dataset](root), start=1):

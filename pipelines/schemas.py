@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pyspark.sql import types as T
 
+from pipelines.config import inside
 from pipelines.errors import CrmError
 
 DATA_CLASSES = ("identification", "descriptive", "probe", "transactional", "conversed")
@@ -141,7 +142,7 @@ def parse_schema(name: str, document: dict, where: str) -> EventSchema:
 @lru_cache(maxsize=None)
 def load_schema(schemas_dir: Path, name: str) -> EventSchema:
     """Load schemas/<name>.json, for example name='web.v1'."""
-    path = schemas_dir / f"{name}.json"
+    path = inside(schemas_dir, schemas_dir / f"{name}.json", "schema")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -79,7 +79,7 @@ def own_broker(base_profile, profile, directives, tmp_path):
     broker.start(base_profile, **ports)
     bootstrap = f"127.0.0.1:{port}"
     profile = profile.model_copy(update={"kafka": profile.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
-    ensure_topics(bootstrap, directives.only("operational").directive.sources)
+    ensure_topics(profile.kafka, directives.only("operational").directive.sources)
     try:
         yield profile, ports
     finally:

@@ -341,7 +341,7 @@ def start_query(
     topics = ",".join(writer.topics)
     kafka = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", profile.kafka.bootstrap_servers)
+        .options(**profile.kafka.spark_options())
         .option("subscribe", topics)
         .option("startingOffsets", profile.ingest.starting_offsets)
         .option("maxOffsetsPerTrigger", profile.ingest.max_offsets_per_trigger)

@@ -111,8 +111,8 @@ def _recommend(spark: SparkSession, profile: Profile, directive, scored: DataFra
         return
     rows = recommend(scored, directive, version, where).select("*", *_lineage(directive, version)).cache()
     try:
-        ensure_topics(profile.kafka.bootstrap_servers, {"recommendations": directive.recommendations})
-        sent = publish(rows, profile.kafka.bootstrap_servers, directive.recommendations.topic)
+        ensure_topics(profile.kafka, {"recommendations": directive.recommendations})
+        sent = publish(rows, profile.kafka, directive.recommendations.topic)
         appender.append(rows, path, version)
         log.info("recommendations of %s: %d published to %s", directive.id, sent, directive.recommendations.topic)
     finally:

@@ -14,8 +14,10 @@ from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from pipelines.config import KafkaSettings
 from pipelines.directives import StrategicDirective
 from pipelines.errors import CrmError
+from pipelines.topics import connect
 
 GRAIN = "customer_id"
 
@@ -44,7 +46,7 @@ def recommend(scored: DataFrame, directive: StrategicDirective, version: int, wh
     return ranked.select(F.sha2(key, 256).alias("recommendation_id"), "*")
 
 
-def publish(recommendations: DataFrame, bootstrap: str, topic: str) -> int:
+def publish(recommendations: DataFrame, kafka: KafkaSettings, topic: str) -> int:
     """Send each recommendation as JSON, keyed by customer, and wait for the broker's acks.
 
     The rows stream to the driver a partition at a time (toLocalIterator), and kafka-python's
@@ -52,7 +54,7 @@ def publish(recommendations: DataFrame, bootstrap: str, topic: str) -> int:
     """
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    producer = connect(KafkaProducer, kafka, acks="all", linger_ms=20)
     sent = 0
     try:
         for row in recommendations.select(F.col(GRAIN).alias("key"), F.to_json(F.struct(*recommendations.columns)).alias("value")).toLocalIterator():

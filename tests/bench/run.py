@@ -177,7 +177,7 @@ def passthrough(spark, profile, topics: list[str], table: str, checkpoint: str):
     """The baseline: Kafka records appended to Delta as they are, no parsing or checks."""
     return (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", profile.kafka.bootstrap_servers)
+        .options(**profile.kafka.spark_options())
         .option("subscribe", ",".join(topics))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", profile.ingest.max_offsets_per_trigger)
@@ -256,7 +256,7 @@ def main() -> None:
     results: dict[str, float] = {}
     broker.start(base, port=port, controller_port=_free_port(), data_dir=work / "broker")
     try:
-        ensure_topics(profile.kafka.bootstrap_servers, sources)
+        ensure_topics(profile.kafka, sources)
         stream = EventStream(seed=42, topics={n: s.topic for n, s in sources.items()}, bad_fraction=args.bad_fraction)
         spark = get_spark(profile, "crm-bench")
         spark.sparkContext.setLogLevel("ERROR")
@@ -271,12 +271,12 @@ def main() -> None:
         )
         first_batch = min(profile.ingest.max_offsets_per_trigger, args.events)
         print(f"warm-up: CROM over the first {first_batch:,} events, each variant", flush=True)
-        produce(profile.kafka.bootstrap_servers, stream, 0, first_batch)
+        produce(profile.kafka, stream, 0, first_batch)
         for name, directive in variants:
             _warm_up(spark, profile, directive, directives.schemas, work, name)
 
         started = time.monotonic()
-        produce(profile.kafka.bootstrap_servers, stream, first_batch, args.events - first_batch)
+        produce(profile.kafka, stream, first_batch, args.events - first_batch)
         results["generator_eps"] = (args.events - first_batch) / (time.monotonic() - started)
 
         print("passthrough: Kafka -> Delta, no parsing", flush=True)

@@ -74,7 +74,7 @@ def test_canaries_reach_no_table_file_log_or_report(spark, kafka, profile, direc
     base = directives.only("operational")
     sources = {n: s.model_copy(update={"topic": f"canary.{s.topic}"}) for n, s in base.directive.sources.items()}
     operational = replace(base, directive=base.directive.model_copy(update={"sources": sources}))
-    ensure_topics(profile.kafka.bootstrap_servers, sources)
+    ensure_topics(profile.kafka, sources)
     producer = KafkaProducer(bootstrap_servers=profile.kafka.bootstrap_servers, acks="all")
     for topic, key, value in _canary_records({n: s.topic for n, s in sources.items()}):
         producer.send(topic, key=key, value=value)

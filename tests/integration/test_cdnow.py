@@ -73,9 +73,9 @@ def test_cdnow_sample_reproduces_the_published_fits(spark, kafka, tmp_path):
     )
     directives = load_directives(profile.directives, profile.schemas)
     operational = directives.only("operational")
-    ensure_topics(profile.kafka.bootstrap_servers, operational.directive.sources)
+    ensure_topics(profile.kafka, operational.directive.sources)
     topics = {name: src.topic for name, src in operational.directive.sources.items()}
-    counts = replay(profile.kafka.bootstrap_servers, "cdnow-sample", sample_data() / "cdnow", topics, progress=lambda _: None)
+    counts = replay(profile.kafka, "cdnow-sample", sample_data() / "cdnow", topics, progress=lambda _: None)
     assert counts == {"transaction": 6919}
 
     # CROM: every purchase is on time (the backfill's watermark) and valid.

@@ -41,7 +41,7 @@ def test_crom_on_a_standalone_cluster_writes_what_local_mode_writes(spark, own_b
     finally:
         admin.close()
     stream = EventStream(11, {name: src.topic for name, src in sources.items()}, bad_fraction=0.03)
-    produce(profile.kafka.bootstrap_servers, stream, 0, 3000)
+    produce(profile.kafka, stream, 0, 3000)
 
     local = profile.model_copy(update={"lakehouse": tmp_path / "local" / "lakehouse", "checkpoints": tmp_path / "local" / "checkpoints"})
     run_ingest(spark, local, directives.only("operational"), directives.schemas, until_caught_up=True)

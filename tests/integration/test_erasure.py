@@ -33,7 +33,7 @@ def _run_layers(spark, profile, directives) -> None:
 
 def _produce(profile, directives, first: int, n: int) -> None:
     sources = directives.only("operational").directive.sources
-    produce(profile.kafka.bootstrap_servers, EventStream(5, {s: src.topic for s, src in sources.items()}), first, n)
+    produce(profile.kafka, EventStream(5, {s: src.topic for s, src in sources.items()}), first, n)
 
 
 def _raw_mentions(lakehouse: Path, words: list[str]) -> dict[str, int]:

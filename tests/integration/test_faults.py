@@ -115,7 +115,7 @@ def test_random_kills_lose_nothing_and_duplicate_nothing(spark, own_broker, dire
     profile, _ = own_broker
     count = 50_000
     stream = EventStream(2026, _topics(directives), mix=MIX)
-    produce(profile.kafka.bootstrap_servers, stream, 0, count, progress=lambda _: None)
+    produce(profile.kafka, stream, 0, count, progress=lambda _: None)
     events = list(stream.events(0, count))
     log, rng, kills = tmp_path / "ingest.log", random.Random(11), 0
     while kills < 10:
@@ -147,7 +147,7 @@ def test_crash_between_writes_and_checkpoint_commit(spark, own_broker, directive
     profile, _ = own_broker
     profile = profile.model_copy(update={"ingest": profile.ingest.model_copy(update={"idempotent_writes": idempotent, "max_offsets_per_trigger": 1500})})
     stream = EventStream(7, _topics(directives), mix=MIX)
-    produce(profile.kafka.bootstrap_servers, stream, 0, 3000, progress=lambda _: None)
+    produce(profile.kafka, stream, 0, 3000, progress=lambda _: None)
     events = list(stream.events(0, 3000))
     _ingest_in_process(spark, profile, directives)
     tables = CromTables.of(profile, list(_topics(directives)))
@@ -181,14 +181,14 @@ def test_broker_restart_mid_stream_loses_nothing(spark, own_broker, base_profile
             return 0
         return spark.read.format("delta").load(audit).agg(F.sum("records")).first()[0] or 0
 
-    produce(profile.kafka.bootstrap_servers, stream, 0, 6000, progress=lambda _: None)
+    produce(profile.kafka, stream, 0, 6000, progress=lambda _: None)
     proc = _start_ingest(profile, log, streaming=True, batch=3000)
     try:
         _wait_for(lambda: ingested() >= 3000, 300, "the first batch in batch_audit")
         broker.stop(base_profile, ports["data_dir"])  # mid-stream: 3000 records still to read
         # The query now talks to a dead broker; bring it back with the same data and port.
         broker.start(base_profile, **ports)
-        produce(profile.kafka.bootstrap_servers, stream, 6000, 2000, progress=lambda _: None)
+        produce(profile.kafka, stream, 6000, 2000, progress=lambda _: None)
         deadline = time.monotonic() + 600
         while ingested() < 8000 and time.monotonic() < deadline:
             if proc.poll() is not None:  # it failed instead of riding out the outage: say why, resume
@@ -207,7 +207,7 @@ def test_an_overlapping_scheduled_run_exits_at_once_and_the_first_finishes(spark
     profile, _ = own_broker
     stream = EventStream(11, _topics(directives), mix=MIX)
     events = list(stream.events(0, 3000))
-    produce(profile.kafka.bootstrap_servers, stream, 0, 3000)
+    produce(profile.kafka, stream, 0, 3000)
     first = _start_ingest(profile, tmp_path / "first.log")
     lock = profile.checkpoints / "locks" / "ingest.lock"
     _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 120, "the first run to take the lock")

@@ -42,7 +42,7 @@ def stack(kafka, profile, directives):
     """A profile pointing at the session broker, with fresh topics names for this test."""
     kprofile, _ = kafka
     profile = profile.model_copy(update={"kafka": kprofile.kafka})
-    ensure_topics(profile.kafka.bootstrap_servers, directives.only("operational").directive.sources)
+    ensure_topics(profile.kafka, directives.only("operational").directive.sources)
     return profile
 
 
@@ -103,7 +103,7 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     profile = stack
     topics = {name: src.topic for name, src in directives.only("operational").directive.sources.items()}
     stream = EventStream(SEED, topics, bad_fraction=0.1)
-    produce(profile.kafka.bootstrap_servers, stream, 0, FIRST, progress=lambda _: None)
+    produce(profile.kafka, stream, 0, FIRST, progress=lambda _: None)
     _ingest(spark, profile, directives)
 
     events = list(stream.events(0, FIRST))
@@ -204,9 +204,9 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     assert read(tables.bronze).count() == FIRST
 
     # New events: only they are read, and only their rows are added.
-    produce(profile.kafka.bootstrap_servers, stream, FIRST, SECOND, progress=lambda _: None)
+    produce(profile.kafka, stream, FIRST, SECOND, progress=lambda _: None)
     checkpoint = Path(profile.checkpoint_path("crom_ingest"))
-    behind = lambda: lag(end_offsets(profile.kafka.bootstrap_servers, list(topics.values())), committed_offsets(checkpoint))  # noqa: E731
+    behind = lambda: lag(end_offsets(profile.kafka, list(topics.values())), committed_offsets(checkpoint))  # noqa: E731
     assert sum(behind().values()) == SECOND  # what `crm status` reports before the next run
     _ingest(spark, profile, directives)
     assert behind() == {topic: 0 for topic in topics.values()}
@@ -335,7 +335,7 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
 def test_wiped_checkpoint_is_refused(spark, stack, directives, tmp_path):
     profile = stack
     topics = {name: src.topic for name, src in directives.only("operational").directive.sources.items()}
-    produce(profile.kafka.bootstrap_servers, EventStream(99, topics), 0, 50, progress=lambda _: None)
+    produce(profile.kafka, EventStream(99, topics), 0, 50, progress=lambda _: None)
     _ingest(spark, profile, directives)
     with pytest.raises(CrmError, match=r"checkpoint .* is empty but .*bronze already holds batches up to \d+"):
         start_ingest(

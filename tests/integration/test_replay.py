@@ -28,12 +28,12 @@ def test_a_slice_of_each_data_set_lands_in_exactly_one_place(spark, kafka, profi
     # Topics of this test only: the session broker is shared with other tests.
     sources = {n: s.model_copy(update={"topic": f"replay.{s.topic}"}) for n, s in base.directive.sources.items()}
     operational = replace(base, directive=base.directive.model_copy(update={"sources": sources}))
-    ensure_topics(profile.kafka.bootstrap_servers, sources)
+    ensure_topics(profile.kafka, sources)
     topics = {name: src.topic for name, src in sources.items()}
 
     sent = {}
     for dataset in SOURCE_OF:  # cdnow-sample is replayed whole in test_cdnow
-        counts = replay(profile.kafka.bootstrap_servers, dataset, sample_data() / dataset, topics, limit=SLICE, progress=lambda _: None)
+        counts = replay(profile.kafka, dataset, sample_data() / dataset, topics, limit=SLICE, progress=lambda _: None)
         assert counts[SOURCE_OF[dataset]] + counts["unreadable"] + counts["skipped"] == SLICE, dataset
         sent[SOURCE_OF[dataset]] = counts[SOURCE_OF[dataset]] + counts["unreadable"]
     run_ingest(spark, profile, operational, directives.schemas, until_caught_up=True)

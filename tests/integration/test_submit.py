@@ -27,7 +27,7 @@ def test_every_layer_runs_under_spark_submit(spark, own_broker, directives, tmp_
     sources = directives.only("operational").directive.sources
     stream = EventStream(8, {name: src.topic for name, src in sources.items()})  # every event valid
     events = list(stream.events(0, 2000))
-    produce(profile.kafka.bootstrap_servers, stream, 0, 2000)
+    produce(profile.kafka, stream, 0, 2000)
     package = tmp_path / "pipelines.zip"
     build(package)
     env = {

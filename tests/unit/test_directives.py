@@ -304,3 +304,13 @@ def test_bad_delta_retention_is_refused(tree: Path, days):
     _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["web"].update(delta_retention_days=days))
     with pytest.raises(CrmError, match=r"sources.web.delta_retention_days"):
         _load(tree)
+
+
+def test_a_directive_linked_from_outside_its_folder_is_refused(tmp_path, base_profile):
+    root = tmp_path / "directives"
+    shutil.copytree(base_profile.directives, root, ignore=shutil.ignore_patterns("cdnow"))
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("id: strategic.elsewhere\n")
+    (root / "strategic" / "zz.yaml").symlink_to(outside)
+    with pytest.raises(CrmError, match=r"directive: .*zz.yaml leads outside"):
+        load_directives(root, base_profile.schemas)
