@@ -11,7 +11,11 @@ with the project's own broker on a free 127.0.0.1 port and about 50k-record batc
   row-at-a-time Python UDF on the same rows, and the latency of single texts;
 - restart: `crm ingest` killed with SIGKILL, restarted, timed to its first committed batch;
 - functional: the CRFM job over the datafied run's silver tables, incremental (the newest 1%
-  of events folded into partials kept from the other 99%) against a full recompute.
+  of events folded into partials kept from the other 99%) against a full recompute;
+- scaling: `crm ingest` on local[1], local[2] and a standalone cluster of two one-core
+  workers, records per second over the same batches (tests/bench/scale.py);
+- latency: a running passthrough and a running CROM, each fed at half its maximum rate,
+  timed from each record's Kafka timestamp to the Delta commit that shows it.
 
 Each variant's batches are also broken down by step (`<variant>_phase_ms_p50.<step>`), so a
 difference between variants can be attributed. Each CROM variant first runs over the first
@@ -20,7 +24,7 @@ same offsets in both CROM runs), so `validation_added_ms_p50` is the median of w
 validation added to each batch. Results merge into bench-results.json (keys from other
 benchmarks are kept) and a Markdown table.
 
-    python -m tests.bench.run [--events N] [--variants parse_only,validated]
+    python -m tests.bench.run [--events N] [--variants parse_only,validated] [--parts scaling,latency]
 """
 
 from __future__ import annotations
@@ -28,13 +32,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -53,10 +53,13 @@ from pipelines.crom.text import score_texts
 from pipelines.directives import Datafy, load_directives
 from pipelines.generator import EventStream, produce
 from pipelines.spark import get_spark
-from pipelines.tables import silver_table
+from pipelines.tables import CromTables, silver_table
 from pipelines.topics import ensure_topics
+from tests.bench import scale
 
 RESULTS = REPO_ROOT / "bench-results.json"
+LATENCY_SECONDS = 60
+PARTS = ("functional", "sentiment", "restart", "scaling", "latency")
 STEPS = {"parse_only": "", "validated": ", Great Expectations", "datafied": ", Great Expectations, log templates, text facts"}
 
 
@@ -136,58 +139,53 @@ def _warm_up(spark, profile, operational, schemas, work: Path, name: str) -> Non
     _timed_query(start_ingest(spark, run, operational, schemas, until_caught_up=True))
 
 
-def _restart_to_first_batch(profile, work: Path) -> float:
-    """Kill a running `crm ingest` with SIGKILL, restart it, time its first committed batch."""
-    env = {
-        **os.environ,
-        "CRM_LAKEHOUSE": str(work / "restart-lakehouse"),
-        "CRM_CHECKPOINTS": str(work / "restart-checkpoints"),
-        "CRM_KAFKA_BOOTSTRAP": profile.kafka.bootstrap_servers,
-    }
-    commits = work / "restart-checkpoints" / "crom_ingest" / "commits"
-    done = lambda: sum(1 for f in commits.iterdir() if f.name.isdigit()) if commits.is_dir() else 0  # noqa: E731
-    crm = str(Path(sys.executable).parent / "crm")
-
-    def start():
-        return subprocess.Popen([crm, "ingest"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def wait_commit(after: int, proc) -> None:
-        deadline = time.monotonic() + 600
-        while done() <= after:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("restart benchmark: ingest stopped or stalled before committing a batch")
-            time.sleep(0.1)
-
-    proc = start()
-    wait_commit(0, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = done()
-    started = time.monotonic()
-    proc = start()
-    try:
-        wait_commit(before, proc)
-        return time.monotonic() - started
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def passthrough(spark, profile, topics: list[str], table: str, checkpoint: str):
-    """The baseline: Kafka records appended to Delta as they are, no parsing or checks."""
-    return (
+def passthrough(spark, profile, topics: list[str], table: str, checkpoint: str, running: bool = False):
+    """The baseline: Kafka records appended to Delta as they are, no parsing or checks; until
+    caught up from the start of the topics, or `running` from their end like a live job."""
+    stream = (
         spark.readStream.format("kafka")
         .options(**profile.kafka.spark_options())
         .option("subscribe", ",".join(topics))
-        .option("startingOffsets", "earliest")
+        .option("startingOffsets", "latest" if running else "earliest")
         .option("maxOffsetsPerTrigger", profile.ingest.max_offsets_per_trigger)
         .load()
         .selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "topic", "partition", "offset", "timestamp")
         .writeStream.format("delta")
         .option("checkpointLocation", checkpoint)
-        .trigger(availableNow=True)
-        .start(table)
     )
+    trigger = {"processingTime": profile.ingest.trigger_interval} if running else {"availableNow": True}
+    return stream.trigger(**trigger).start(table)
+
+
+def latencies(spark, profile, stream: EventStream, first: int, results: dict, directives, work: Path) -> dict[str, float]:
+    """End-to-end latency, from the Kafka timestamp to the Delta commit that shows the record,
+    of a running passthrough at half its maximum rate and of CROM (the shipped directive, into
+    silver) at half its own: each at a load it can sustain. The generator's own limit caps
+    the passthrough's rate."""
+    topics = sorted(stream.topics.values())
+    rates = {
+        "passthrough": min(results["passthrough_eps"], 0.8 * results["generator_eps"]) / 2,
+        "e2e": results["datafied_eps"] / 2,
+    }
+    live = profile.model_copy(update={"ingest": profile.ingest.model_copy(update={"starting_offsets": "latest"})})
+    crom = live.model_copy(update={"lakehouse": work / "latency-lakehouse", "checkpoints": work / "latency-checkpoints"})
+    operational = directives.only("operational")
+    starts = {
+        "passthrough": lambda: passthrough(spark, live, topics, str(work / "latency-passthrough"), str(work / "cp-latency-passthrough"), running=True),
+        "e2e": lambda: start_query(spark, crom, BatchWriter(spark, crom, operational, directives.schemas), until_caught_up=False),
+    }
+    tables = {
+        "passthrough": ([work / "latency-passthrough"], "timestamp"),
+        "e2e": ([Path(t) for t in CromTables.of(crom, list(operational.directive.sources)).silver.values()], "kafka_timestamp"),
+    }
+    out: dict[str, float] = {}
+    for name in ("passthrough", "e2e"):
+        print(f"latency: {name} at {rates[name]:,.0f} ev/s for {LATENCY_SECONDS}s", flush=True)
+        p50, p95, n = scale.latency(spark, profile, stream, first, rates[name], LATENCY_SECONDS, starts[name], *tables[name])
+        first += int(rates[name] * LATENCY_SECONDS)
+        out.update({f"{name}_latency_p50_s": p50, f"{name}_latency_p95_s": p95, f"{name}_latency_records": n, f"{name}_latency_rate_eps": rates[name]})
+    out["e2e_vs_passthrough_p95"] = out["e2e_latency_p95_s"] / out["passthrough_latency_p95_s"]
+    return out
 
 
 def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
@@ -226,19 +224,41 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     }
 
 
+GOALS = {
+    "incremental_vs_full": ("<=", 0.10),
+    "scaling_local2_vs_local1": (">=", 1.6),
+    "e2e_vs_passthrough_p95": ("<=", 1.5),
+}
+
+
+def markdown(results: dict[str, float]) -> str:
+    """The results as a Markdown table, with each goal the issues set and whether it is met."""
+    lines = ["| key | value | goal |", "| --- | ---: | --- |"]
+    for key, value in sorted(results.items()):
+        goal = ""
+        if key in GOALS:
+            op, target = GOALS[key]
+            met = value <= target if op == "<=" else value >= target
+            goal = f"{op} {target} ({'met' if met else 'not met'})"
+        lines.append(f"| {key} | {value:,} | {goal} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events preloaded (default 1000000)")
     parser.add_argument("--bad-fraction", type=float, default=0.02)
-    parser.add_argument(
-        "--variants", default="parse_only,validated,datafied",
-        help="CROM variants to run (default all three); with fewer, the sentiment and restart timings are skipped",
-    )  # fmt: skip
+    parser.add_argument("--variants", default=",".join(STEPS), help="CROM variants to run (default all three)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"other benchmarks to run (default all: {', '.join(PARTS)})")
     args = parser.parse_args()
-    chosen = args.variants.split(",")
+    chosen, parts = args.variants.split(","), set(args.parts.split(",")) - {""}
     if not chosen or set(chosen) - set(STEPS):
         parser.error(f"--variants: choose from {', '.join(STEPS)}")
-    full = set(chosen) == set(STEPS)
+    if parts - set(PARTS):
+        parser.error(f"--parts: choose from {', '.join(PARTS)}")
+    if {"functional", "latency"} & parts and "datafied" not in chosen:
+        parser.error("--parts functional and latency need the datafied variant")
+    full = set(chosen) == set(STEPS) and parts == set(PARTS)
 
     work = Path(tempfile.mkdtemp(prefix="crm-bench-"))
     base = load_profile("local")
@@ -303,15 +323,21 @@ def main() -> None:
             results["batches"] = len(paired)
         for name, batch_ms in runs.items():
             results[f"{name}_batch_ms_p50"] = statistics.median(batch_ms.values())
-        if "datafied" in runs:
+        if "functional" in parts:
             print("functional: CRFM over the newest 1% of silver, incremental against a full recompute", flush=True)
             datafied = profile.model_copy(update={"lakehouse": work / "lakehouse-datafied"})
             results.update(functional(spark, datafied, directives, work / "crfm"))
-        if full:
+        if "sentiment" in parts:
             print("sentiment: Arrow batch UDF against a row-at-a-time UDF, real tweets", flush=True)
             results.update(sentiment(spark, _tweets(copies=5)))
+        if "restart" in parts:
             print("restart: SIGKILL, restart, first committed batch", flush=True)
-            results["restart_to_first_batch_s"] = _restart_to_first_batch(profile, work)
+            results["restart_to_first_batch_s"] = scale.restart_to_first_batch(profile, work)
+        if "scaling" in parts:
+            print(f"scaling: crm ingest on local[1], local[2] and a 2-worker standalone cluster, {scale.SCALING_BATCHES} batches each", flush=True)
+            results.update(scale.scaling(profile, work))
+        if "latency" in parts:
+            results.update(latencies(spark, profile, stream, args.events, results, directives, work))
         results["bench_events"] = args.events
     finally:
         broker.stop(base, work / "broker")
@@ -327,8 +353,7 @@ def main() -> None:
         merged.pop(key)
     merged.update(measured)
     RESULTS.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    table = ["| key | value |", "| --- | ---: |"] + [f"| {k} | {v:,} |" for k, v in sorted(merged.items())]
-    RESULTS.with_suffix(".md").write_text("\n".join(table) + "\n")
+    RESULTS.with_suffix(".md").write_text(markdown(merged))
     print(json.dumps(merged, indent=2, sort_keys=True))
 
 
