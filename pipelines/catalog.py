@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 
 from pipelines.crfm.parameters import PARTS, part
 from pipelines.directives import DirectiveSet
+from pipelines.tables import lakehouse_tables
 
 LAYERS = {"crom": "CROM (operational)", "crfm": "CRFM (functional)", "crsm": "CRSM (strategic)"}
 
@@ -82,7 +83,7 @@ def catalog(lakehouse: Path, directives: DirectiveSet) -> str:
         "it (`deltalake.DeltaTable(path).to_pandas()`). Class: the data-type class of an event field",
         "or functional parameter; personal data: how CROM treated it before storing it.",
     ]
-    tables = sorted(log.parent for log in lakehouse.glob("*/*/_delta_log"))
+    tables = lakehouse_tables(lakehouse)
     for layer, title in LAYERS.items():
         owned = [t for t in tables if t.parent.name == layer]
         if not owned:

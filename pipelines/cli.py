@@ -286,9 +286,10 @@ def cmd_status(args, profile: Profile) -> int:
 
 def cmd_tables(args, profile: Profile) -> int:
     from pipelines.catalog import catalog
+    from pipelines.tables import lakehouse_tables
 
     out = Path(args.out)
-    if not any(profile.lakehouse.glob("*/*/_delta_log")):
+    if not lakehouse_tables(profile.lakehouse):
         raise CrmError(f"no Delta tables under {profile.lakehouse} yet; run `crm demo` (or the jobs) first")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(catalog(profile.lakehouse, _check_all(profile)))

@@ -37,7 +37,7 @@ from pyspark.sql import types as T
 
 from pipelines.directives import Source
 from pipelines.errors import CrmError
-from pipelines.tables import CromTables
+from pipelines.tables import CromTables, lakehouse_tables, table_name
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,6 @@ class Erased:
     table: str  # layer/table
     deleted: int
     updated: int  # rows that kept their place but lost the id from an array
-
-
-def _tables(lakehouse: Path) -> list[Path]:
-    return sorted(log.parent for log in lakehouse.glob("*/*/_delta_log"))
-
-
-def _names(table: Path) -> str:
-    return f"{table.parent.name}/{table.name}"
 
 
 def _whole_word(column: Column, word: str) -> Column:
@@ -97,11 +89,13 @@ def pseudonyms_of(spark: SparkSession, crom: CromTables, customer_id: str) -> li
 
 def vacuum(spark: SparkSession, path: str, hours: float | None) -> None:
     """Remove the files no longer in the table; `hours=0` also those a late reader might want."""
-    if (DeltaTable.forPath(spark, path).detail().first()["properties"] or {}).get("delta.enableDeletionVectors") == "true":
+    table = rs.DeltaTable(path)
+    if table.metadata().configuration.get("delta.enableDeletionVectors") == "true":
         spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")  # rows deleted through a vector are still in their file
+        table = rs.DeltaTable(path)
     # delta-rs: Spark's VACUUM takes 5-7 s even for a small table here (a listing job, then a
     # join with the snapshot); delta-rs lists and deletes in well under a second.
-    rs.DeltaTable(path).vacuum(retention_hours=hours, enforce_retention_duration=hours is None, dry_run=False)
+    table.vacuum(retention_hours=hours, enforce_retention_duration=hours is None, dry_run=False)
 
 
 def forget(spark: SparkSession, lakehouse: Path, crom: CromTables, customer_id: str) -> list[Erased]:
@@ -109,7 +103,7 @@ def forget(spark: SparkSession, lakehouse: Path, crom: CromTables, customer_id: 
     customer_id = customer_id.strip()
     if not CUSTOMER_ID.fullmatch(customer_id):
         raise CrmError(f"crm forget: {customer_id!r} is not a customer id (letters, digits and . _ - : only)")
-    tables = _tables(lakehouse)
+    tables = lakehouse_tables(lakehouse)
     if not tables:
         raise CrmError(f"no Delta tables under {lakehouse}; nothing to forget")
     pseudonyms = pseudonyms_of(spark, crom, customer_id)  # before the identity map loses them
@@ -138,8 +132,8 @@ def _forget_in(spark: SparkSession, path: Path, customer_id: str, pseudonyms: li
     vacuum(spark, str(path), 0)  # also the files of earlier versions, which still hold the rows
     if not (deleted or updated):
         return None
-    log.info("%s: %d rows deleted, %d rows lost the id from an array", _names(path), deleted, updated)
-    return Erased(_names(path), deleted, updated)
+    log.info("%s: %d rows deleted, %d rows lost the id from an array", table_name(path), deleted, updated)
+    return Erased(table_name(path), deleted, updated)
 
 
 def purge_conditions(crom: CromTables, source: str, topic: str, cutoff: datetime) -> dict[str, Column]:
@@ -172,7 +166,7 @@ def purge(spark: SparkSession, crom: CromTables, sources: dict[str, Source], now
             if deleted:  # a DELETE that matches nothing would still commit a version
                 table.delete(where)
                 touched.add(path)
-                erased.append(Erased(f"{_names(Path(path))} ({name})", deleted, 0))
+                erased.append(Erased(f"{table_name(Path(path))} ({name})", deleted, 0))
     for path in sorted(touched):
         vacuum(spark, path, None)
     return erased

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
+from pipelines.tables import lakehouse_tables, table_name
+
 
 @dataclass(frozen=True)
 class TableState:
@@ -27,10 +29,10 @@ class TableState:
 
 def tables(lakehouse: Path) -> list[TableState]:
     states = []
-    for log in sorted(lakehouse.glob("*/*/_delta_log")):
-        name = f"{log.parent.parent.name}/{log.parent.name}"
+    for table in lakehouse_tables(lakehouse):
+        name = table_name(table)
         try:
-            dt = DeltaTable(str(log.parent))
+            dt = DeltaTable(str(table))
             last = dt.history(1)[0]
             when = datetime.fromtimestamp(last["timestamp"] / 1000, timezone.utc)
             states.append(TableState(name, dt.to_pyarrow_dataset().count_rows(), dt.version(), when, last.get("operation", "")))

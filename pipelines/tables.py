@@ -12,6 +12,16 @@ from pathlib import Path
 from pipelines.config import Profile
 
 
+def lakehouse_tables(lakehouse: Path) -> list[Path]:
+    """Every Delta table of every layer: the folders `<layer>/<table>` holding a `_delta_log`."""
+    return sorted(log.parent for log in lakehouse.glob("*/*/_delta_log"))
+
+
+def table_name(table: Path) -> str:
+    """`layer/table`, how reports and the catalogue name a table."""
+    return f"{table.parent.name}/{table.name}"
+
+
 @dataclass(frozen=True)
 class CromTables:
     bronze: str
