@@ -13,6 +13,7 @@ profile's user gets its SCRAM credential from CRM_KAFKA_PASSWORD at every start.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import secrets
 import shutil
@@ -28,8 +29,7 @@ from pydantic import SecretStr
 
 from pipelines.config import CONF_DIR, KafkaSettings, Profile
 from pipelines.errors import CrmError
-from pipelines.tls import ensure_broker_tls, write_private
-from pipelines.topics import kafka_failures
+from pipelines.tls import BrokerTls, ensure_broker_tls, write_private
 
 ADMIN = "admin"  # the broker's own SCRAM user, for its inter-broker listener
 POM = CONF_DIR / "broker" / "pom.xml"
@@ -251,7 +251,7 @@ def _own_client(p: BrokerPaths, kafka: KafkaSettings, port: int) -> KafkaSetting
     """How the broker's starter connects: as `admin`, trusting the broker's own CA."""
     update: dict = {"bootstrap_servers": f"127.0.0.1:{port}"}
     if kafka.secure:
-        update.update(username=ADMIN, password=SecretStr(_admin_password(p)), ssl_cafile=p.tls_dir / "ca.pem")
+        update.update(username=ADMIN, password=SecretStr(_admin_password(p)), ssl_cafile=BrokerTls(p.tls_dir).ca)
     return kafka.model_copy(update=update)
 
 
@@ -275,16 +275,21 @@ def _metadata_ok(kafka: KafkaSettings) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    # Refused connections are the expected answer while the broker starts.
-    with kafka_failures():
+    # Refused connections are the expected answer while the broker starts; kafka-python
+    # logs each one as an error, so it is silenced for the probe only.
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        admin = KafkaAdminClient(**kafka.client_options(), request_timeout_ms=3000)
         try:
-            admin = KafkaAdminClient(**kafka.client_options(), request_timeout_ms=3000)
-            try:
-                return bool(admin.describe_cluster().get("brokers"))
-            finally:
-                admin.close()
-        except (KafkaError, OSError, ValueError):
-            return False
+            return bool(admin.describe_cluster().get("brokers"))
+        finally:
+            admin.close()
+    except (KafkaError, OSError, ValueError):
+        return False
+    finally:
+        kafka_log.setLevel(level)
 
 
 def stop(profile: Profile, data_dir: Path | None = None, timeout_s: float = 30.0) -> bool:

@@ -139,7 +139,7 @@ def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
 
 
 def cmd_ingest(args, profile: Profile) -> int:
-    from pipelines.topics import check_connection
+    from pipelines.connection import check_connection
 
     directives = _check_all(profile)
     check_connection(profile.kafka)  # before Spark starts: a wrong password or CA is one line at once

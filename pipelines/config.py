@@ -74,7 +74,7 @@ class KafkaSettings(_Strict):
                 security_protocol="SASL_SSL",
                 sasl_mechanism=self.sasl_mechanism,
                 sasl_plain_username=username,
-                sasl_plain_password=password,
+                sasl_plain_password=_Hidden(password),
                 ssl_cafile=str(cafile),
             )
         return options
@@ -96,6 +96,14 @@ class KafkaSettings(_Strict):
                 }
             )
         return options
+
+
+class _Hidden(str):
+    """A password kafka-python uses as the str it is, shown as stars: its admin client logs
+    all of its settings at DEBUG."""
+
+    def __repr__(self) -> str:
+        return "'**********'"
 
 
 def _jaas_quoted(text: str) -> str:
@@ -155,11 +163,12 @@ def sample_data() -> Path:
 
 
 def inside(root: Path, path: Path, what: str) -> Path:
-    """`path` with links and '..' resolved, refused if that leads out of `root`."""
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise CrmError(f"{what}: {path} leads outside {root} (to {resolved}); refused")
-    return resolved
+    """`path` (relative to `root` unless absolute) with '..' folded away, refused if that leads
+    out of `root`. Links are followed later, as usual: making one is the operator's choice."""
+    folded = Path(os.path.normpath(root / path))
+    if not folded.is_relative_to(os.path.normpath(root)):
+        raise CrmError(f"{what}: {str(path)!r} leads outside {root}; refused")
+    return folded
 
 
 def _resolve(path: str | Path, setting: str, where: Path) -> Path:
@@ -167,7 +176,7 @@ def _resolve(path: str | Path, setting: str, where: Path) -> Path:
     p = Path(path).expanduser()
     if p.is_absolute():
         return p.resolve()
-    return inside(REPO_ROOT, REPO_ROOT / p, f"{where}: {setting} (give an absolute path to mean another place)")
+    return inside(REPO_ROOT, p, f"{where}: {setting} (give an absolute path to mean another place)").resolve()
 
 
 def _merged(base: dict, override: dict) -> dict:

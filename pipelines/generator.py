@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 from pipelines.config import KafkaSettings
-from pipelines.topics import connect
+from pipelines.connection import connect
 
 SOURCES = ("web", "social", "log", "transaction")
 SOURCE_WEIGHTS = (50, 10, 20, 20)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from pipelines.config import KafkaSettings
 from pipelines.errors import CrmError
-from pipelines.topics import connect
+from pipelines.connection import connect
 
 COMBINED = re.compile(
     r'^(?P<client>\S+) \S+ \S+ \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) \S+ "(?P<referrer>[^"]*)" "(?P<agent>[^"]*)"'

@@ -142,7 +142,7 @@ def parse_schema(name: str, document: dict, where: str) -> EventSchema:
 @lru_cache(maxsize=None)
 def load_schema(schemas_dir: Path, name: str) -> EventSchema:
     """Load schemas/<name>.json, for example name='web.v1'."""
-    path = inside(schemas_dir, schemas_dir / f"{name}.json", "schema")
+    path = inside(schemas_dir, Path(f"{name}.json"), "schema")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from pipelines.config import KafkaSettings
 from pipelines.directives import StrategicDirective
 from pipelines.errors import CrmError
-from pipelines.topics import connect
+from pipelines.connection import connect
 
 GRAIN = "customer_id"
 

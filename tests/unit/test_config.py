@@ -65,3 +65,4 @@ def test_the_secure_profile_takes_its_secrets_from_the_environment_and_never_sho
     jaas = profile.kafka.spark_options()["kafka.sasl.jaas.config"]
     assert jaas.endswith('username="analyst" password="canary\\"\\\\pw";')  # quoted for JAAS
     assert "canary" not in repr(profile) and "canary" not in str(profile)
+    assert "canary" not in repr(profile.kafka.client_options())  # kafka-python's admin client logs its settings at DEBUG

@@ -209,11 +209,15 @@ def test_bad_order_datafication_is_refused(tree: Path, change, message):
         _load(tree)
 
 
-def test_rate_table_missing_an_allowed_currency_is_refused(tree: Path, tmp_path: Path):
-    rates = tmp_path / "rates.csv"
-    rates.write_text("currency,units_per_base,valid_from\nEUR,1,2000-01-01\nUSD,1.1,2000-01-01\n")
+def test_rate_table_missing_an_allowed_currency_is_refused(tree: Path, tmp_path: Path, monkeypatch):
+    from pipelines import config
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "rates.csv").write_text("currency,units_per_base,valid_from\nEUR,1,2000-01-01\nUSD,1.1,2000-01-01\n")
+    monkeypatch.setattr(config, "REPO_ROOT", tmp_path)  # a rate table must be in the repository's conf/
+    monkeypatch.setattr(config, "CONF_DIR", tmp_path / "conf")
     path = tree / "operational" / "ingest_events.yaml"
-    _edit(path, lambda d: d["sources"]["transaction"]["datafy"]["orders"].update(rates=str(rates)))
+    _edit(path, lambda d: d["sources"]["transaction"]["datafy"]["orders"].update(rates="conf/rates.csv"))
     with pytest.raises(CrmError, match=r"datafy.orders.rates: .*rates.csv has no rate for \['GBP'\], which transaction.v1 allows"):
         _load(tree)
 
@@ -306,11 +310,11 @@ def test_bad_delta_retention_is_refused(tree: Path, days):
         _load(tree)
 
 
-def test_a_directive_linked_from_outside_its_folder_is_refused(tmp_path, base_profile):
+@pytest.mark.parametrize("rates", ["../../../etc/passwd", "/etc/passwd", "conf/../pyproject.toml"])
+def test_a_rate_table_outside_conf_is_refused(tmp_path, base_profile, rates):
     root = tmp_path / "directives"
     shutil.copytree(base_profile.directives, root, ignore=shutil.ignore_patterns("cdnow"))
-    outside = tmp_path / "elsewhere.yaml"
-    outside.write_text("id: strategic.elsewhere\n")
-    (root / "strategic" / "zz.yaml").symlink_to(outside)
-    with pytest.raises(CrmError, match=r"directive: .*zz.yaml leads outside"):
+    path = root / "operational" / "ingest_events.yaml"
+    path.write_text(path.read_text().replace("rates: conf/currency_rates.csv", f"rates: {rates}"))
+    with pytest.raises(CrmError, match=r"sources.transaction.datafy.orders.rates: .* leads outside .*conf; refused"):
         load_directives(root, base_profile.schemas)
