@@ -17,7 +17,6 @@ from pyspark.sql import functions as F
 
 from pipelines.cluster import standalone
 from pipelines.generator import EventStream, produce
-from pipelines.topics import end_offsets_total
 
 CRM = str(Path(sys.executable).parent / "crm")
 SCALING_BATCH = 25_000  # records a batch in the scaling runs; the first batch is warm-up
@@ -123,25 +122,17 @@ def _latency_quantiles(spark, tables: list[Path], kafka_time: str) -> tuple[floa
     return row["q"][0], row["q"][1], row["n"]
 
 
-def _offsets_read(query) -> int:
-    """Records up to the end offsets of the query's last trigger, over all partitions."""
-    total = 0
-    for source in (query.lastProgress or {}).get("sources", []):
-        end = source["endOffset"]
-        end = json.loads(end) if isinstance(end, str) else end or {}
-        total += sum(int(offset) for partitions in end.values() for offset in partitions.values())
-    return total
-
-
 def latency(spark, profile, stream: EventStream, first: int, rate: float, seconds: float, start_query, tables: list[Path], kafka_time: str) -> tuple[float, float, int]:
     """p50 and p95 end-to-end latency of a running query while `rate` events/s arrive for
     `seconds`, and how many records were measured. The query starts at the end of the topics."""
     query = start_query()
     try:
         _wait(lambda: query.lastProgress is not None, None, "the latency query's first trigger", 300)
-        produce(profile.kafka, stream, first, int(rate * seconds), rate=rate, progress=lambda _: None)
-        end = end_offsets_total(profile.kafka, sorted(stream.topics.values()))
-        _wait(lambda: _offsets_read(query) >= end, None, "the latency query catching up", 600)
+        count = int(rate * seconds)
+        produce(profile.kafka, stream, first, count, rate=rate, progress=lambda _: None)
+        # Only these events arrive after the query's start (from the end of the topics).
+        read = lambda: sum(p["numInputRows"] for p in query.recentProgress)  # noqa: E731
+        _wait(lambda: read() >= count, None, "the latency query catching up", 600)
     finally:
         query.stop()
     return _latency_quantiles(spark, tables, kafka_time)
