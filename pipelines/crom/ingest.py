@@ -19,6 +19,7 @@ from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
+from pyspark.util import inheritable_thread_target
 
 from pipelines.config import REPO_ROOT, Profile
 from pipelines.crom import records
@@ -48,7 +49,8 @@ class BatchWriter:
 
     Each batch is staged once (parse, rule conditions, flags) into a local checkpoint; one aggregation
     then gives every count, GE metric and the newest event time per source. `fail` rules
-    are judged before anything is written, so a stopping batch leaves no trace.
+    are judged before anything is written, so a stopping batch leaves no trace. The tables
+    are then written in parallel, and batch_audit last.
     """
 
     def __init__(self, spark: SparkSession, profile: Profile, operational: Loaded, schemas: dict[str, EventSchema]):
@@ -118,24 +120,26 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        self.phases = {}
+        self.phases, self.table_seconds = {}, {}
         # A local checkpoint cuts the large parse plan off: every write below plans in
         # milliseconds instead of re-optimising it (several seconds a batch when persisted).
+        # One task per core, not per Kafka partition: every task of every job generates code
+        # for the wide parsed row, which costs more than a small batch's data.
         with self._phase("parse+validate"):
-            staged = self.stage(batch).localCheckpoint(eager=True)
+            staged = self.stage(batch.coalesce(self.spark.sparkContext.defaultParallelism)).localCheckpoint(eager=True)
         try:
             counts = self._write(staged, batch_id)
         finally:
             staged.unpersist()
-        self.phase_history[batch_id] = dict(self.phases)
+        self.phase_history[batch_id] = {**self.phases, **{f"table {name}": s for name, s in self.table_seconds.items()}}
         if counts:
             total = lambda key: sum(c[key] for c in counts)  # noqa: E731
             watermarks = {c["source"]: c["watermark"].isoformat() for c in counts if c["watermark"] is not None}
             self.batch_counts[batch_id] = {"records": total("records"), "quarantined": total("quarantined"), "watermarks": watermarks}
             log.info(
-                "batch %d: %d records -> silver %d, quarantine %d, late %d, duplicates %d (%.1fs: %s)",
+                "batch %d: %d records -> silver %d, quarantine %d, late %d, duplicates %d (%.1fs: %s; tables in parallel: %s)",
                 batch_id, total("records"), total("silver_rows"), total("quarantined"), total("late"), total("duplicates"),
-                time.monotonic() - started, describe(self.phases),
+                time.monotonic() - started, describe(self.phases), describe(self.table_seconds),
             )
 
     def _phase(self, name: str):
@@ -170,64 +174,64 @@ class BatchWriter:
             rules = ", ".join(f"{r['source']}.{r['rule']} ({r['expectation_type']})" for r in stops)
             raise CrmError(f"batch {batch_id}: 'fail' rule(s) failed: {rules}; nothing of this batch was written")
         watermarks = self._watermarks(totals, batch_id)
-        quarantined = any(totals[f"records_{s}"] > totals[f"valid_{s}"] for s in self.topics.values())
-        # The small tables (results, quarantine, late) are appended on other threads while
-        # bronze and silver are written here: their commits are mostly waiting (job start-up,
-        # log writes), so they overlap the large writes instead of queueing after them.
-        with ThreadPoolExecutor(3, thread_name_prefix="crom-append") as pool:
-            side_writes = []
-            if results:
-                frame = self.spark.createDataFrame(results, RESULTS_SCHEMA)
-                side_writes.append(pool.submit(self.appender.append, frame, self.tables.validation_results, batch_id))
-            if quarantined:
-                quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
-                side_writes.append(pool.submit(self.appender.append, quarantine, self.tables.quarantine, batch_id))
-            with self._phase("bronze"):
-                self.appender.append(records.to_bronze(staged, self.pii_keys, batch_id), self.tables.bronze, batch_id)
-            counts, late_frames = self._write_silver(staged, totals, watermarks, batch_id)
-            late_write = pool.submit(self._append_late, late_frames, batch_id)
-            with self._phase("wait for results+quarantine+late"):
-                late = late_write.result()
-                for write in side_writes:
-                    write.result()
-        for c in counts:
-            c["late"] = late.get(c["source"], 0)
-            c["duplicates"] = c.pop("valid") - c["late"] - c["silver_rows"]
-            c["finished_at"] = datetime.now(timezone.utc)
-        with self._phase("audit"):  # last: it records the batch as complete
-            rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
-            self.appender.append(self.spark.createDataFrame(rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
-        return counts
-
-    def _write_silver(self, staged: DataFrame, totals: Row, watermarks: dict, batch_id: int) -> tuple[list[dict], list[DataFrame]]:
-        """New on-time rows of each source to its silver table; the per-source counts, and the late rows."""
-        counts, late_frames = [], []
+        # Every table of the batch is written at once. Each write is a chain of short
+        # driver-side steps (snapshot, planning, job start, commit) that leave the cores idle
+        # most of the time; one after another they cost a batch ~15 s even when it is tiny.
+        writes = {"bronze": lambda: self.appender.append(records.to_bronze(staged, self.pii_keys, batch_id), self.tables.bronze, batch_id)}
+        if results:
+            frame = self.spark.createDataFrame(results, RESULTS_SCHEMA)
+            writes["validation results"] = lambda: self.appender.append(frame, self.tables.validation_results, batch_id)
+        if any(totals[f"records_{s}"] > totals[f"valid_{s}"] for s in self.topics.values()):
+            quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
+            writes["quarantine"] = lambda: self.appender.append(quarantine, self.tables.quarantine, batch_id)
+        late_frames = []
         for source in self.topics.values():
-            valid = totals[f"valid_{source}"]
-            inserted = 0
-            if valid:
+            if totals[f"valid_{source}"]:
                 silver_rows = records.to_silver(staged, source, self.schemas[source], self.directive.sources[source].trust, self.key, batch_id)
                 mark = watermarks[source]
-                on_time = silver_rows.where(F.col(self.time_column) >= F.lit(mark)) if mark else silver_rows
                 if mark:
                     late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
-                with self._phase("silver"):
-                    new_rows = self._new_silver_rows(on_time, source, batch_id, mark)
-                    inserted = self._append_counted(new_rows, self.tables.silver[source], batch_id, lambda rows, source=source: self._datafied(rows, source))
+                    silver_rows = silver_rows.where(F.col(self.time_column) >= F.lit(mark))
+                writes[f"silver {source}"] = lambda rows=silver_rows, source=source, mark=mark: self._write_silver(rows, source, mark, batch_id)
+        if late_frames:
+            writes["late"] = lambda: self._append_late(late_frames, batch_id)
+        with self._phase("tables"), ThreadPoolExecutor(len(writes), thread_name_prefix="crom-write") as pool:
+            # Inheriting the batch thread's job group lets stopping the query cancel these jobs too.
+            write_table = inheritable_thread_target(self._timed)
+            running = {name: pool.submit(write_table, name, write) for name, write in writes.items()}
+        done = {name: future.result() for name, future in running.items()}  # the first failure, if any, raises here
+        late = done.get("late", {})
+        counts = []
+        for source in self.topics.values():
+            valid, inserted = totals[f"valid_{source}"], done.get(f"silver {source}", 0)
             counts.append(
                 dict(
                     batch_id=batch_id,
                     source=source,
                     records=totals[f"records_{source}"],
                     silver_rows=inserted,
-                    valid=valid,
                     quarantined=totals[f"records_{source}"] - valid,
                     untrusted=totals[f"untrusted_{source}"],
                     max_event_time=self._seen[1].get(source),
                     watermark=watermarks[source],
+                    late=late.get(source, 0),
+                    duplicates=valid - late.get(source, 0) - inserted,
+                    finished_at=datetime.now(timezone.utc),
                 )
             )
-        return counts, late_frames
+        with self._phase("audit"):  # last: it records the batch as complete
+            rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
+            self.appender.append(self.spark.createDataFrame(rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
+        return counts
+
+    def _timed(self, table: str, write):
+        with timed(self.table_seconds, table):
+            return write()
+
+    def _write_silver(self, on_time: DataFrame, source: str, mark: datetime | None, batch_id: int) -> int:
+        """New on-time rows of a source, datafied, to its silver table; how many were new."""
+        new_rows = self._new_silver_rows(on_time, source, batch_id, mark)
+        return self._append_counted(new_rows, self.tables.silver[source], batch_id, lambda rows: self._datafied(rows, source))
 
     def _watermarks(self, totals: Row, batch_id: int) -> dict[str, datetime | None]:
         """Per source: the newest event time up to and including this batch, minus the delay.
