@@ -58,7 +58,8 @@ def _scram_login(sock: ssl.SSLSocket, kafka: KafkaSettings) -> str | None:
     if struct.unpack(">h", handshake[:2])[0] != 0:
         return f"the broker does not offer {kafka.sasl_mechanism}"
     scram = ScramClient(username, password, kafka.sasl_mechanism)
-    for correlation, message in ((2, scram.first_message), (3, scram.final_message)):
+    rounds = ((scram.first_message, scram.process_server_first_message), (scram.final_message, scram.process_server_final_message))
+    for correlation, (message, take_reply) in enumerate(rounds, start=2):  # the handshake was 1
         token = message()
         answer = _call(sock, SASL_AUTHENTICATE, correlation, struct.pack(">i", len(token)) + token)
         error = struct.unpack(">h", answer[:2])[0]
@@ -68,7 +69,7 @@ def _scram_login(sock: ssl.SSLSocket, kafka: KafkaSettings) -> str | None:
         offset = 4 + max(reason_size, 0)
         token_size = struct.unpack(">i", answer[offset : offset + 4])[0]
         reply = answer[offset + 4 : offset + 4 + token_size]
-        (scram.process_server_first_message if correlation == 2 else scram.process_server_final_message)(reply)
+        take_reply(reply)
     return None
 
 

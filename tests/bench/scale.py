@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from pipelines.cluster import standalone
 from pipelines.generator import EventStream, produce
+from tests.helpers import crm_env
 
 CRM = str(Path(sys.executable).parent / "crm")
 SCALING_BATCH = 25_000  # records a batch in the scaling runs; the first batch is warm-up
@@ -24,14 +25,7 @@ SCALING_BATCHES = 3  # measured batches after it
 
 
 def _ingest_env(profile, work: Path, name: str, **extra: str) -> dict:
-    return {
-        **os.environ,
-        "CRM_LAKEHOUSE": str(work / f"{name}-lakehouse"),
-        "CRM_CHECKPOINTS": str(work / f"{name}-checkpoints"),
-        "CRM_KAFKA_BOOTSTRAP": profile.kafka.bootstrap_servers,
-        "PYSPARK_PYTHON": sys.executable,
-        **extra,
-    }
+    return crm_env(profile.model_copy(update={"lakehouse": work / f"{name}-lakehouse", "checkpoints": work / f"{name}-checkpoints"}), **extra)
 
 
 def _start_ingest(env: dict, *args: str) -> subprocess.Popen:

@@ -3,14 +3,13 @@ workers on 127.0.0.1) writes the same tables as local mode, from 4-partition top
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from pyspark.sql import functions as F
 from kafka.admin import KafkaAdminClient, NewPartitions
+from pyspark.sql import functions as F
 
 from pipelines.cluster import standalone
 from pipelines.config import REPO_ROOT, load_profile
@@ -18,6 +17,7 @@ from pipelines.crom.ingest import run_ingest
 from pipelines.dist import build
 from pipelines.generator import EventStream, produce
 from pipelines.tables import CromTables
+from tests.helpers import crm_env
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +49,7 @@ def test_crom_on_a_standalone_cluster_writes_what_local_mode_writes(spark, own_b
     package = tmp_path / "pipelines.zip"
     build(package)
     cluster = load_profile("cluster")
-    env = {
-        **os.environ,
-        "CRM_LAKEHOUSE": str(tmp_path / "cluster" / "lakehouse"),
-        "CRM_CHECKPOINTS": str(tmp_path / "cluster" / "checkpoints"),
-        "CRM_KAFKA_BOOTSTRAP": profile.kafka.bootstrap_servers,
-        "PYSPARK_PYTHON": sys.executable,
-    }
+    env = crm_env(profile.model_copy(update={"lakehouse": tmp_path / "cluster" / "lakehouse", "checkpoints": tmp_path / "cluster" / "checkpoints"}))
     with standalone(tmp_path / "spark", workers=2, cores=1, memory="2g") as master:
         submit = [
             SPARK_SUBMIT, "--master", master, "--driver-memory", "2g",

@@ -20,6 +20,7 @@ from pipelines import broker
 from pipelines.crom.ingest import run_ingest
 from pipelines.generator import EventStream, produce
 from pipelines.tables import CromTables
+from tests.helpers import crm_env
 
 pytestmark = pytest.mark.integration
 
@@ -31,22 +32,11 @@ def _topics(directives) -> dict[str, str]:
     return {name: src.topic for name, src in directives.only("operational").directive.sources.items()}
 
 
-def _env(profile, batch: int = 5000) -> dict[str, str]:
-    """The environment that points `crm` at the test's lakehouse, checkpoints and broker."""
-    return {
-        **os.environ,
-        "CRM_LAKEHOUSE": str(profile.lakehouse),
-        "CRM_CHECKPOINTS": str(profile.checkpoints),
-        "CRM_KAFKA_BOOTSTRAP": profile.kafka.bootstrap_servers,
-        "CRM_MAX_OFFSETS_PER_TRIGGER": str(batch),
-    }
-
-
 def _start_ingest(profile, log: Path, streaming: bool = False, batch: int = 5000) -> subprocess.Popen:
     """`crm ingest` in its own process group, so that SIGKILL takes its JVM down with it."""
     args = [CRM, "ingest"] + ([] if streaming else ["--until-caught-up"])
     with log.open("ab") as out:
-        return subprocess.Popen(args, env=_env(profile, batch), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(args, env=crm_env(profile, CRM_MAX_OFFSETS_PER_TRIGGER=str(batch)), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -211,7 +201,7 @@ def test_an_overlapping_scheduled_run_exits_at_once_and_the_first_finishes(spark
     first = _start_ingest(profile, tmp_path / "first.log")
     lock = profile.checkpoints / "locks" / "ingest.lock"
     _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 120, "the first run to take the lock")
-    second = subprocess.run([CRM, "ingest", "--until-caught-up"], env=_env(profile), capture_output=True, text=True, timeout=300)
+    second = subprocess.run([CRM, "ingest", "--until-caught-up"], env=crm_env(profile, CRM_MAX_OFFSETS_PER_TRIGGER="5000"), capture_output=True, text=True, timeout=300)
     assert second.returncode == 1
     assert second.stderr.strip().splitlines()[-1] == (
         f"crm: error: crm ingest is already running (pid {first.pid}, lock {lock}); this run did nothing"

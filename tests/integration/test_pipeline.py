@@ -263,6 +263,11 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     complained = Counter(p["customer_id"] for p in posts if p["customer_id"] and p["text"] in complaints and recent(p))
     assert complained and all(params[c]["complaints_30d"] == n for c, n in complained.items())
     assert sum(r["complaints_30d"] or 0 for r in params.values()) == sum(complained.values())
+    # Inquiries: the customer's web events on the support pages.
+    visits = [json.loads(e.value) for e in events + more if e.kind == "valid" and e.source == "web"]
+    inquired = Counter(v["customer_id"] for v in visits if v["customer_id"] and v["page"].startswith("/support") and recent(v))
+    assert inquired and all(params[c]["inquiries_30d"] == n for c, n in inquired.items())
+    assert sum(r["inquiries_30d"] or 0 for r in params.values()) == sum(inquired.values())
     # Breakdowns: per complaint reason (every complaint, identified or not) and per channel.
     by_reason = read(run.breakdowns["by_complaint_reason"]).collect()
     assert sum(r["complaints_30d"] for r in by_reason) == sum(1 for p in posts if p["text"] in complaints and recent(p))

@@ -5,7 +5,6 @@ up nowhere: not in any output, log, event log, table or checkpoint."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pipelines.dist import build
 from pipelines.tables import CromTables
 from pipelines.tls import ensure_broker_tls
 from tests.conftest import free_port
+from tests.helpers import crm_env
 
 pytestmark = pytest.mark.integration
 
@@ -53,16 +53,7 @@ def secure_broker(profile, tmp_path):
 
 def _env(profile, **override) -> dict:
     kafka = profile.kafka
-    return {
-        **os.environ,
-        "CRM_LAKEHOUSE": str(profile.lakehouse),
-        "CRM_CHECKPOINTS": str(profile.checkpoints),
-        "CRM_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
-        "CRM_KAFKA_PASSWORD": kafka.password.get_secret_value(),
-        "CRM_KAFKA_CAFILE": str(kafka.ssl_cafile),
-        "PYSPARK_PYTHON": sys.executable,
-        **override,
-    }
+    return crm_env(profile, CRM_KAFKA_PASSWORD=kafka.password.get_secret_value(), CRM_KAFKA_CAFILE=str(kafka.ssl_cafile), **override)
 
 
 def _crm(env: dict, *args: str) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@ shipped as a zip (--py-files), CROM until caught up, then CRFM, then CRSM."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -16,6 +15,7 @@ from pipelines.config import REPO_ROOT
 from pipelines.dist import build
 from pipelines.generator import EventStream, produce
 from pipelines.tables import CromTables, functional_table, strategic_table
+from tests.helpers import crm_env
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +30,7 @@ def test_every_layer_runs_under_spark_submit(spark, own_broker, directives, tmp_
     produce(profile.kafka, stream, 0, 2000)
     package = tmp_path / "pipelines.zip"
     build(package)
-    env = {
-        **os.environ,
-        "CRM_LAKEHOUSE": str(profile.lakehouse),
-        "CRM_CHECKPOINTS": str(profile.checkpoints),
-        "CRM_KAFKA_BOOTSTRAP": profile.kafka.bootstrap_servers,
-        "PYSPARK_PYTHON": sys.executable,  # the virtualenv's, as the job docstrings ask
-    }
+    env = crm_env(profile)  # PYSPARK_PYTHON is the virtualenv's, as the job docstrings ask
     submit = [
         SPARK_SUBMIT, "--master", "local[2]", "--driver-memory", "2g",
         "--packages", ",".join(profile.spark.packages), "--conf", f"spark.jars.ivy={profile.cache / 'ivy'}",
