@@ -174,9 +174,9 @@ class BatchWriter:
             rules = ", ".join(f"{r['source']}.{r['rule']} ({r['expectation_type']})" for r in stops)
             raise CrmError(f"batch {batch_id}: 'fail' rule(s) failed: {rules}; nothing of this batch was written")
         watermarks = self._watermarks(totals, batch_id)
-        # Every table of the batch is written at once. Each write is a chain of short
-        # driver-side steps (snapshot, planning, job start, commit) that leave the cores idle
-        # most of the time; one after another they cost a batch ~15 s even when it is tiny.
+        # Every table of the batch is written at once. Each write is a few small Spark jobs
+        # and a Delta commit whose cost hardly depends on the data (planning, code generation,
+        # snapshots); one after another they made even a tiny batch take ~16 s.
         writes = {"bronze": lambda: self.appender.append(records.to_bronze(staged, self.pii_keys, batch_id), self.tables.bronze, batch_id)}
         if results:
             frame = self.spark.createDataFrame(results, RESULTS_SCHEMA)

@@ -53,7 +53,8 @@ def secure_broker(profile, tmp_path):
 
 def _env(profile, **override) -> dict:
     kafka = profile.kafka
-    return crm_env(profile, CRM_KAFKA_PASSWORD=kafka.password.get_secret_value(), CRM_KAFKA_CAFILE=str(kafka.ssl_cafile), **override)
+    secrets = {"CRM_KAFKA_PASSWORD": kafka.password.get_secret_value(), "CRM_KAFKA_CAFILE": str(kafka.ssl_cafile)}
+    return crm_env(profile, **{**secrets, **override})  # a test may override either
 
 
 def _crm(env: dict, *args: str) -> subprocess.CompletedProcess:
