@@ -167,7 +167,7 @@ class StrategicDirective(_Strict):
 # --- functional --------------------------------------------------------------------------
 
 
-ROW_MEASURES = ("count", "sum", "avg", "count_distinct", "last", "recency_days")
+ROW_MEASURES = ("count", "sum", "avg", "count_distinct", "last", "recency_days", "ratio")
 # Measured on purchase days (a customer's events of one day are one purchase), as BG/NBD counts.
 DAY_MEASURES = ("active_days", "repeat_days", "repeat_avg", "first_to_last_days", "tenure_days")
 
@@ -180,6 +180,7 @@ class Parameter(_Strict):
     measure: Literal[ROW_MEASURES + DAY_MEASURES]  # type: ignore[valid-type]
     column: str | None = None
     filter: str | None = None
+    of: str | None = Field(default=None, description="A ratio's denominator: the events it is a share of (all, by default).")
     window_days: int | None = Field(default=None, ge=1, description="Only the N days up to as_of.")
     holdout_days: int | None = Field(default=None, ge=1, description="Only the N days after as_of: a holdout to check predictions.")
 
@@ -187,6 +188,15 @@ class Parameter(_Strict):
     def _one_period(self):
         if self.window_days and self.holdout_days:
             raise ValueError("window_days and holdout_days exclude each other")
+        return self
+
+    @model_validator(mode="after")
+    def _ratio(self):
+        """A ratio is the share of the events `of` keeps that `filter` also keeps: no column."""
+        if self.measure == "ratio" and (self.filter is None or self.column is not None):
+            raise ValueError("a ratio needs a filter (the events it counts) and no column")
+        if self.of is not None and self.measure != "ratio":
+            raise ValueError("only a ratio has `of`")
         return self
 
 

@@ -36,7 +36,7 @@ TRUSTED = "trusted"  # False for events of producers no source lists
 VARIANT = "variant"
 
 # The partial sums each measure needs, per customer, day and trust.
-ROWS, TOTAL, VALUES, DISTINCT, LAST = "rows", "total", "values", "distinct", "last"
+ROWS, TOTAL, VALUES, DISTINCT, LAST, BASE = "rows", "total", "values", "distinct", "last", "base"
 PARTS = {
     "count": (ROWS,),
     "sum": (TOTAL,),
@@ -44,6 +44,7 @@ PARTS = {
     "count_distinct": (DISTINCT,),
     "last": (LAST,),
     "recency_days": (ROWS,),
+    "ratio": (ROWS, BASE),  # the events counted, and the events they are a share of
     **{measure: (ROWS, TOTAL) for measure in DAY_MEASURES},
 }
 
@@ -56,12 +57,19 @@ def keys(grain: str) -> list[str]:
     return [grain, DAY, TRUSTED]
 
 
+def _kept(condition: str | None) -> Column:
+    return F.coalesce(F.expr(condition), F.lit(False)) if condition else F.lit(True)
+
+
 def _partial(param: Parameter, kind: str) -> Column:
-    """One partial sum of a parameter over a group of events: only the rows its filter keeps."""
-    kept = F.coalesce(F.expr(param.filter), F.lit(False)) if param.filter else F.lit(True)
+    """One partial sum of a parameter over a group of events: only the rows its filter keeps
+    (a ratio's denominator, BASE, only the rows its `of` keeps)."""
+    kept = _kept(param.filter) & _kept(param.of)
     value = F.col(param.column) if param.column else F.lit(None).cast(T.DoubleType())
     if kind == ROWS:
         agg = F.count(F.when(kept, 1))
+    elif kind == BASE:
+        agg = F.count(F.when(_kept(param.of), 1))
     elif kind == TOTAL:
         agg = F.sum(F.when(kept, value).cast(T.DoubleType()))
     elif kind == VALUES:
@@ -87,7 +95,7 @@ def merge_partials(params: list[Parameter], old: str, new: str) -> dict[str, Col
     for param in params:
         for kind in PARTS[param.measure]:
             a, b = F.col(f"{old}.{part(param, kind)}"), F.col(f"{new}.{part(param, kind)}")
-            if kind in (ROWS, VALUES):
+            if kind in (ROWS, VALUES, BASE):
                 merged[part(param, kind)] = a + b
             elif kind == TOTAL:
                 merged[part(param, kind)] = F.coalesce(a + b, a, b)
@@ -142,6 +150,9 @@ def rollup(param: Parameter, as_of_day: Column) -> Column:
         agg = F.size(F.array_distinct(F.flatten(F.collect_list(c[DISTINCT]))))
     elif measure == "last":
         agg = F.max(c[LAST])["value"]
+    elif measure == "ratio":
+        base = F.sum(c[BASE])
+        agg = F.when(base > 0, F.sum(c[ROWS]) / base)
     elif measure == "recency_days":
         agg = F.datediff(as_of_day, F.max(F.when(c[ROWS] > 0, F.col(DAY))))
     else:  # a day measure: the days with an event its filter keeps are purchase days

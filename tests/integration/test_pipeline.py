@@ -250,6 +250,8 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     for o in in_window:
         channels[o["customer_id"]].add(o["channel"])
     assert promoted and all(params[c]["promoted_orders_90d"] == promoted[c] for c in freq)
+    assert all(params[c]["promoted_order_share_90d"] == pytest.approx(promoted[c] / n) for c, n in freq.items())
+    assert all(r["promoted_order_share_90d"] is None for c, r in params.items() if c not in freq)
     assert all(params[c]["order_channels_90d"] == len(channels[c]) for c in freq)
     key = hmac_key(profile.cache)
     pseudonym = {c: hmac.new(key, o["customer_email"].strip(" ").lower().encode(), hashlib.sha256).hexdigest() for c, o in newest.items()}
@@ -274,6 +276,11 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     assert all(r["complaints_7d"] <= r["complaints_30d"] and r["complainants_30d"] <= r["complaints_30d"] for r in by_reason)
     by_channel = {r["channel"]: r for r in read(run.breakdowns["by_channel"]).collect()}
     assert {c: r["orders_90d"] for c, r in by_channel.items() if r["orders_90d"]} == Counter(o["channel"] for o in in_window)
+    # Campaign response: the share of each campaign's web events in 30 days that are clicks.
+    by_campaign = {r["campaign_name"]: r for r in read(run.breakdowns["by_campaign"]).collect()}
+    reached = Counter(v["utm_campaign"] for v in visits if v["utm_campaign"] and recent(v))
+    clicked = Counter(v["utm_campaign"] for v in visits if v["utm_campaign"] and recent(v) and v["event_type"] == "click")
+    assert reached and {c: by_campaign[c]["click_rate_30d"] for c in reached} == pytest.approx({c: clicked[c] / n for c, n in reached.items()})
     # Advocacy parameters: the sentiment CROM's text model gave each post, counted per customer.
     labels = {p["text"]: s.label for p, s in zip(posts, score_texts([p["text"] for p in posts]))}
     last_90 = [p for p in posts if p["customer_id"] and _day(p) > as_of - timedelta(days=90)]

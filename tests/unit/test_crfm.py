@@ -133,3 +133,41 @@ def test_bad_filter_is_refused_before_running(spark):
     schemas = {s: df.schema for s, df in _silver(spark).items()}
     with pytest.raises(CrmError, match=r"f.yaml: parameters \(complaints_30d\): .*txt"):
         check_plan(spark, broken, schemas, "f.yaml")
+
+
+def test_ratio_is_the_share_of_its_denominators_events_that_the_filter_keeps(spark):
+    shares = FunctionalDirective.model_validate({**DIRECTIVE.model_dump(by_alias=True), "parameters": [
+        transaction_param("big_order_share_90d", "ratio", filter="amount >= 50", window_days=90),
+        {"name": "complaint_share_30d", "class": "probe", "source": "social", "measure": "ratio", "window_days": 30,
+         "filter": "lower(text) RLIKE '(broken|worst|refund)'", "of": "text NOT LIKE 'love%'"},
+    ]})  # fmt: skip
+    got = customer_parameters(silver_partials(_silver(spark), shares), shares, F.lit(AS_OF))
+    # C1: both orders in 90 days are big; its one post in 30 days that is not praise is a complaint.
+    # C2 has one small order and no posts; C3 posted only a complaint and never ordered.
+    expected = spark.createDataFrame(
+        [("C1", 1.0, 1.0), ("C2", 0.0, None), ("C3", None, 1.0)],
+        "customer_id string, big_order_share_90d double, complaint_share_30d double",
+    )
+    assertDataFrameEqual(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        (transaction_param("share", "ratio", window_days=90), "a ratio needs a filter"),
+        (transaction_param("share", "ratio", filter="amount > 1", column="amount"), "a ratio needs a filter .* and no column"),
+        (transaction_param("orders", "count", filter="amount > 1", of="amount > 0"), "only a ratio has `of`"),
+    ],
+)
+def test_malformed_ratio_is_refused(param, message):
+    with pytest.raises(ValueError, match=message):
+        FunctionalDirective.model_validate({**DIRECTIVE.model_dump(by_alias=True), "parameters": [param]})
+
+
+def test_ratio_denominator_is_checked_before_running(spark):
+    shares = FunctionalDirective.model_validate(
+        {**DIRECTIVE.model_dump(by_alias=True), "parameters": [transaction_param("share", "ratio", filter="amount > 1", of="amout > 0")]}
+    )
+    schemas = {s: df.schema for s, df in _silver(spark).items()}
+    with pytest.raises(CrmError, match=r"f.yaml: parameters \(share\): .*amout"):
+        check_plan(spark, shares, schemas, "f.yaml")

@@ -38,6 +38,7 @@ DIRECTIVE = FunctionalDirective.model_validate(
             transaction_param("age", "tenure_days"),
             transaction_param("m", "repeat_avg", column="amount"),
             transaction_param("days_7d", "active_days", window_days=7),
+            transaction_param("big_share_30d", "ratio", window_days=30, filter="amount > 50", of="amount IS NOT NULL"),
         ],
     }
 )
