@@ -55,6 +55,11 @@ def column_notes(layer: str, table: str, directives: DirectiveSet) -> dict[str, 
             for param in params:
                 note = (param.data_class, _treatment(directives, param.source, param.column))
                 notes |= {param.name: note} | {part(param, kind): note for kind in PARTS[param.measure]}
+    elif layer == "crsm":  # the customers a purchase model scored carry the parameters of the functional table it read
+        for strategic in directives.strategic.values():
+            if table == f"{strategic.directive.id.split('.', 1)[1]}_customers":
+                for functional in (f for f in directives.functional.values() if f.directive.serves == strategic.directive.id):
+                    notes |= {p.name: (p.data_class, _treatment(directives, p.source, p.column)) for p in functional.directive.parameters}
     elif layer == "crom" and table == "identity_map":
         notes["key_hash"] = ("identification", "hmac")
     return notes

@@ -202,6 +202,8 @@ def _strategic(spark, profile: Profile, directives) -> list:
         run = run_strategic(spark, profile, directives, strategic)
         state = " (up to date, nothing new)" if run.skipped else ""
         print(f"strategic {strategic.directive.id} (functional version {run.functional_version}){state} -> {run.table}")
+        if strategic.directive.purchase_model is not None and run.fit is None:
+            print(f"  purchase model: not fitted on this version, so KPIs on its outputs have no value: {run.unfitted or 'see the log of the run that computed it'}")
         if run.fit is not None:
             f = run.fit
             print(f"  purchase model: BG/NBD on {f['customers']:,} customers r={f['r']:.3f} alpha={f['alpha']:.3f} "

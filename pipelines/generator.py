@@ -41,6 +41,13 @@ LATE_BY = timedelta(days=365)  # far behind any watermark
 ANCHOR = datetime(2026, 6, 1, tzinfo=timezone.utc)
 SPACING_S = 90  # mean gap between events: 100k events span about 104 days
 POPULATION = 2_000
+# Buying behaviour follows the models CRSM fits, so their fits mean something: customers stop
+# ordering after an exponential lifetime (BG/NBD's dropout), and an order's value is
+# Gamma(SPEND_SHAPE, ν) with ν ~ Gamma(q, γ) per customer (Gamma-Gamma).
+MEAN_LIFETIME_DAYS = 365
+SPEND_SHAPE = 4.0
+SPEND_Q, SPEND_GAMMA = 4.0, 600.0  # mean order values average γ/(q-1) x SPEND_SHAPE = 800
+MAX_MEAN_ORDER = 5_000.0  # caps the few heaviest spenders (about 1 in 300), so no valid order breaks the amount rule
 
 COUNTRIES = {"DE": "EUR", "FR": "EUR", "ES": "EUR", "US": "USD", "GB": "GBP"}
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
@@ -103,6 +110,8 @@ class Customer:
     education: str
     marital_status: str
     activity: float  # relative purchase propensity
+    mean_order: float  # the value their orders scatter around, in their currency
+    leaves_at: datetime  # orders nothing after this (browses and posts on)
 
 
 @dataclass(frozen=True)
@@ -125,11 +134,27 @@ def _card_number(seed: int, n: int) -> str:
     return " ".join(number[i : i + 4] for i in range(0, 16, 4))
 
 
+def _basket(rng: random.Random, value: float) -> list[dict]:
+    """Order lines of random products adding up to at most `value`; the cheapest product alone
+    when none fits."""
+    units: dict[tuple, int] = {}
+    total = 0.0
+    while fits := [product for product in PRODUCTS if total + product[2] <= value]:
+        product = rng.choice(fits)
+        units[product] = units.get(product, 0) + 1
+        total += product[2]
+    if not units:
+        units[min(PRODUCTS, key=lambda product: product[2])] = 1
+    return [{"sku": sku, "product": name, "quantity": n, "unit_price": price} for (sku, name, price), n in units.items()]
+
+
 def population(seed: int, size: int = POPULATION) -> list[Customer]:
-    """The customers behind the events, with identification and descriptive attributes."""
+    """The customers behind the events, with identification and descriptive attributes, and a
+    buying behaviour drawn from its own stream (so the other attributes stay as they were)."""
     rng = random.Random(f"population:{seed}")
     people = []
     for n in range(size):
+        behaviour = random.Random(f"behaviour:{seed}:{n}")
         first, last = rng.choice(FIRST), rng.choice(LAST)
         people.append(
             Customer(
@@ -145,6 +170,8 @@ def population(seed: int, size: int = POPULATION) -> list[Customer]:
                 education=rng.choice(EDUCATION),
                 marital_status=rng.choice(MARITAL),
                 activity=rng.paretovariate(1.5),
+                mean_order=min(SPEND_SHAPE / behaviour.gammavariate(SPEND_Q, 1 / SPEND_GAMMA), MAX_MEAN_ORDER),
+                leaves_at=ANCHOR + timedelta(days=behaviour.expovariate(1 / MEAN_LIFETIME_DAYS)),
             )
         )
     return people
@@ -225,8 +252,8 @@ class EventStream:
 
     def _valid_record(self, i: int, rng: random.Random, source: str | None = None) -> tuple[str, dict]:
         source = source or rng.choices(SOURCES, SOURCE_WEIGHTS)[0]
-        customer = rng.choices(self.customers, cum_weights=self._cum_weights)[0]
         when = ANCHOR + timedelta(seconds=i * SPACING_S + rng.randrange(SPACING_S))
+        customer = self._customer(rng, when, buying=source == "transaction")
         record = {
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "source": source,
@@ -236,6 +263,15 @@ class EventStream:
         }
         record.update(getattr(self, f"_{source}")(rng, customer, when))
         return source, record
+
+    def _customer(self, rng: random.Random, when: datetime, buying: bool) -> Customer:
+        """A customer by activity; an order of one who has left goes to another customer (a few
+        draws find one still buying nearly always, and the last draw is kept regardless)."""
+        for _ in range(20):
+            customer = rng.choices(self.customers, cum_weights=self._cum_weights)[0]
+            if not buying or when < customer.leaves_at:
+                break
+        return customer
 
     @staticmethod
     def _web(rng: random.Random, c: Customer, when: datetime) -> dict:
@@ -282,9 +318,7 @@ class EventStream:
 
     @staticmethod
     def _transaction(rng: random.Random, c: Customer, when: datetime) -> dict:
-        items = []
-        for sku, name, price in rng.sample(PRODUCTS, rng.randint(1, 3)):
-            items.append({"sku": sku, "product": name, "quantity": rng.randint(1, 3), "unit_price": price})
+        items = _basket(rng, rng.gammavariate(SPEND_SHAPE, c.mean_order / SPEND_SHAPE))
         promo = rng.choice(tuple(PROMOTIONS)) if rng.random() < 0.2 else None
         gross = sum(it["quantity"] * it["unit_price"] for it in items)
         return {

@@ -19,8 +19,9 @@ from pipelines.errors import CrmError
 
 def _maximise(neg_log_likelihood, start: np.ndarray, what: str) -> tuple[np.ndarray, float]:
     """Parameters (all positive) that minimise neg_log_likelihood, searched on their logs."""
-    result = optimize.minimize(lambda logs: neg_log_likelihood(np.exp(logs)), np.log(start), method="Nelder-Mead",
-                               options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 20_000, "maxfev": 40_000})  # fmt: skip
+    with np.errstate(all="ignore"):  # the search tries extreme values; their non-finite likelihoods lose
+        result = optimize.minimize(lambda logs: neg_log_likelihood(np.exp(logs)), np.log(start), method="Nelder-Mead",
+                                   options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 20_000, "maxfev": 40_000})  # fmt: skip
     if not result.success or not np.isfinite(result.fun):
         raise CrmError(f"{what}: the fit did not converge ({result.message})")
     return np.exp(result.x), -float(result.fun)
@@ -88,6 +89,9 @@ def _bgnbd_log_likelihood(r, alpha, a, b, x, t_x, T):
     return common + np.logaddexp(still_alive, dropped)
 
 
+MAX_SHAPE = 50.0  # a purchase's value within 14% (1/sqrt(p)) of its customer's mean: not spend the model fits
+
+
 @dataclass(frozen=True)
 class GammaGamma:
     """A purchase's value is Gamma(p, ν) around the customer's mean; ν ~ Gamma(q, γ)."""
@@ -115,10 +119,14 @@ class GammaGamma:
             )  # fmt: skip
             return -float(np.sum(weight * ll))
 
-        initial = np.array([start.p, start.q, start.gamma] if start else [1.0, 1.0, 1.0])
+        # Without an earlier fit, start where the population mean spend p·γ/(q - 1) is the data's:
+        # γ is in money, and a search started far from its scale can run off along p.
+        initial = np.array([start.p, start.q, start.gamma] if start else [2.0, 3.0, float(np.average(m, weights=weight))])
         (p, q, gamma), ll = _maximise(nll, initial, "Gamma-Gamma")
         if q <= 1:
             raise CrmError(f"Gamma-Gamma: q = {q:.3f} <= 1, so the expected spend is undefined")
+        if p > MAX_SHAPE:  # the likelihood rises towards p = infinity when values barely vary within customers
+            raise CrmError(f"Gamma-Gamma: p ran off to {p:.3g}: spend does not vary within customers as the model needs")
         return cls(float(p), float(q), float(gamma), ll, int(weight.sum()))
 
     def expected_spend(self, x, mean_value):

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import Profile
 from pipelines.crsm.kpis import kpi_rows
-from pipelines.crsm.purchase_model import fit_frame, fit_purchase_model, score_customers
+from pipelines.crsm.purchase_model import fit_frame, fit_purchase_model, score_customers, unscored
 from pipelines.crsm.recommend import publish, recommend
 from pipelines.crsm.validity import CHECK_SCHEMA, CURVE_SCHEMA, assess, kpi_values_by
 from pipelines.directives import DirectiveSet, Loaded
@@ -41,7 +41,8 @@ class StrategicRun:
     table: str
     functional_version: int
     kpis: list[Row]
-    fit: Row | None  # the purchase model's parameters, if the directive has one
+    fit: Row | None  # the purchase model's parameters, if the directive has one and it was fitted
+    unfitted: str | None  # why this run could not fit the purchase model (its outputs are null)
     validity: list[Row]  # V1-V5 verdicts per KPI, if the directive asks for them
     skipped: bool
 
@@ -59,12 +60,13 @@ def run_strategic(spark: SparkSession, profile: Profile, directives: DirectiveSe
     appender = BatchAppender(spark, APP_ID)
     skipped = appender.last_batch(out) >= version
     validity_out = strategic_table(profile, directive.id, "validity")
+    unfitted = None
     if not skipped:
         params = spark.read.format("delta").option("versionAsOf", version).load(source)
         fitted = None
         scored = params
         if directive.purchase_model is not None:
-            scored, fitted = _apply_purchase_model(spark, profile, directive, params, version)
+            scored, fitted, unfitted = _apply_purchase_model(spark, profile, directive, params, version)
         kpis = kpi_rows(scored, directive, str(strategic.path)).select("*", *_lineage(directive, version))
         if directive.validity is not None:
             variants = _variants_of(spark, profile, serving[0].directive.id, params)
@@ -75,9 +77,10 @@ def run_strategic(spark: SparkSession, profile: Profile, directives: DirectiveSe
         appender.append(kpis, out, version)  # last: a run cut short before it is redone whole
     read = lambda path: spark.read.format("delta").load(path).where(F.col("functional_version") == version)  # noqa: E731
     latest = read(out).orderBy("kpi").collect()  # one row per KPI
-    fit = read(model_out).first() if directive.purchase_model is not None else None
+    fitted_ever = directive.purchase_model is not None and DeltaTable.isDeltaTable(spark, model_out)
+    fit = read(model_out).first() if fitted_ever else None
     checks = read(validity_out).orderBy("kpi", "v").collect() if directive.validity is not None else []  # 5 per KPI
-    return StrategicRun(out, version, latest, fit, checks, skipped)
+    return StrategicRun(out, version, latest, fit, unfitted, checks, skipped)
 
 
 def _variants_of(spark: SparkSession, profile: Profile, functional_id: str, params: DataFrame) -> DataFrame:
@@ -129,15 +132,22 @@ def _lineage(directive, version: int) -> list:
 
 
 def _apply_purchase_model(spark: SparkSession, profile: Profile, directive, params, version: int):
-    """Fit, record the fit, score every customer; the scored customers, as stored, and the fit."""
+    """Fit, record the fit, score every customer: the scored customers, as stored, the fit and,
+    when the data cannot be fitted (e.g. too few repeat buyers yet), why; then the customers
+    are stored with null model outputs and the KPIs over them have no value."""
     model = directive.purchase_model
-    fitted = fit_purchase_model(params, model)
+    customers = strategic_table(profile, directive.id, "customers")
+    try:
+        fitted = fit_purchase_model(params, model)
+    except CrmError as exc:
+        log.warning("purchase model of %s not fitted on functional version %d: %s; KPIs on its outputs have no value", directive.id, version, exc)
+        overwrite_unless_current(spark, customers, version, lambda: unscored(params))
+        return spark.read.format("delta").load(customers), None, str(exc)
     b, g = fitted.bgnbd, fitted.spend
     log.info("purchase model on %d customers: BG/NBD r=%.3f alpha=%.3f a=%.3f b=%.3f; Gamma-Gamma on %d repeat buyers: p=%.3f q=%.3f gamma=%.3f",
              b.customers, b.r, b.alpha, b.a, b.b, g.customers, g.p, g.q, g.gamma)  # fmt: skip
     BatchAppender(spark, MODEL_APP_ID).append(
         fit_frame(spark, fitted).select("*", *_lineage(directive, version)), strategic_table(profile, directive.id, "model"), version
     )
-    customers = strategic_table(profile, directive.id, "customers")
     overwrite_unless_current(spark, customers, version, lambda: score_customers(params, model, fitted))
-    return spark.read.format("delta").load(customers), fitted
+    return spark.read.format("delta").load(customers), fitted, None

@@ -111,7 +111,7 @@ def build_report(spark: SparkSession, profile: Profile, directives: DirectiveSet
             checks[(r["kpi"], r["v"])] = r
         for r in read("validity_curves").where(F.col("functional_version") == version).orderBy("x").collect():  # tens per KPI
             curves.setdefault((r["kpi"], r["v"]), []).append((r["point"], r["x"], r["value"]))
-    if directive.purchase_model is not None:
+    if directive.purchase_model is not None and DeltaTable.isDeltaTable(spark, strategic_table(profile, directive.id, "model")):
         fit = read("model").where(F.col("functional_version") == version).first()
 
     rows = []
@@ -141,6 +141,9 @@ def build_report(spark: SparkSession, profile: Profile, directives: DirectiveSet
         body.append("<h2>Expectations that failed in CROM, and the KPIs they put at risk</h2><table><tr><th class=l>rule</th>"
                     "<th class=l>source</th><th class=l>action</th><th>failing batches</th><th>last</th><th>unexpected rows</th>"
                     f"<th class=l>KPIs at risk</th></tr>{''.join(at_risk)}</table>")  # fmt: skip
+    if directive.purchase_model is not None and fit is None:
+        body.append("<h2>Purchase model</h2><p>Not fitted on this version (too little purchase history; the job's log says why): "
+                    "the KPIs on its outputs have no value.</p>")  # fmt: skip
     if fit is not None:
         holdout = ""
         if fit["holdout_units"] is not None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from pyspark.sql import functions as F
+
+from pipelines.crsm.job import run_strategic
 from pipelines.crsm.kpis import kpi_rows
 from pipelines.crsm.recommend import recommend
-from pipelines.directives import StrategicDirective
+from pipelines.directives import Loaded, StrategicDirective, load_directives
 from pipelines.errors import CrmError
+from pipelines.tables import functional_table, strategic_table
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _directive(**kpi_changes):
@@ -66,3 +73,26 @@ def test_recommendations_select_rank_and_name_each_customer(params):
 def test_recommendation_on_an_unknown_column_is_refused(params):
     with pytest.raises(CrmError, match=r"s.yaml: recommendations.rules\[0\] \(follow_up\): .*complaints_7d"):
         recommend(params, _with_recommendations("complaints_7d > 0 AND complaints_30d > 0 AND frequency_90d > 0"), 1, "s.yaml")
+
+
+def test_a_purchase_model_that_cannot_be_fitted_leaves_only_its_kpis_without_value(spark, profile):
+    directives = load_directives(REPO / "directives" / "cdnow", REPO / "schemas")
+    loaded = directives.only("strategic")
+    lean = loaded.directive.model_copy(update={"validity": None, "recommendations": None})
+    # One repeat buyer among three customers: BG/NBD cannot be fitted yet.
+    spark.createDataFrame(
+        [("C1", 2, 30, 60, 12.0, 0), ("C2", 0, 0, 40, None, 1), ("C3", 0, 0, 10, None, 0)],
+        "customer_id string, repeat_purchase_days long, purchase_span_days int, customer_age_days int, "
+        "repeat_spend_avg double, holdout_purchase_days long",
+    ).write.format("delta").save(functional_table(profile, directives.only("functional").directive.id))
+
+    run = run_strategic(spark, profile, directives, Loaded(lean, loaded.path))
+    assert run.fit is None and "BG/NBD needs repeat buyers" in run.unfitted
+    kpis = {k["kpi"]: k for k in run.kpis}
+    assert kpis["customer_lifetime_value"]["value"] is None and not kpis["customer_lifetime_value"]["on_target"]
+    assert kpis["expected_active_share"]["value"] is None
+    assert kpis["repeat_buyer_share"]["value"] == pytest.approx(1 / 3)  # KPIs on parameters keep their value
+    customers = spark.read.format("delta").load(strategic_table(profile, lean.id, "customers"))
+    assert customers.count() == 3 and customers.where(F.col("clv").isNotNull() | F.col("p_alive").isNotNull()).count() == 0
+    again = run_strategic(spark, profile, directives, Loaded(lean, loaded.path))
+    assert again.skipped and again.fit is None and again.unfitted is None

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from pipelines.directives import load_directives
+from pipelines.directives import impact, load_directives
 from pipelines.errors import CrmError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,6 +160,20 @@ def test_cli_plan_prints_the_chain(capsys):
     out = capsys.readouterr().out
     assert out.index("strategic.customer_value") < out.index("functional.customer_metrics") < out.index("operational.ingest_events")
     assert "KPI customer_lifetime_value" in out and "topic crm.transaction" in out
+
+
+def test_impact_follows_parameters_through_the_purchase_model_to_the_kpis(directives, capsys):
+    # The currency rule protects the spend parameters; only the model's clv reads them now.
+    found = impact(directives, "transaction_currency_known")
+    assert found.parameters == ["monetary_sum_90d", "repeat_spend_avg"]
+    assert found.kpis == [("strategic.customer_value", "customer_lifetime_value")]
+    # A whole topic: every KPI over one of the source's parameters, p_alive through recency and age.
+    kpis = {kpi for _, kpi in impact(directives, "crm.transaction").kpis}
+    assert {"customer_lifetime_value", "expected_active_share", "repeat_purchase_rate", "active_customer_share"} == kpis
+    assert main(["directives", "impact", "crm.social"]) == 0
+    assert "KPI at risk: complaining_customer_share" in capsys.readouterr().out
+    with pytest.raises(CrmError, match="'fax' is neither an expectation nor a topic"):
+        impact(directives, "fax")
 
 
 def test_log_layout_without_content_is_refused(tree: Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import jsonschema
@@ -68,3 +69,21 @@ def test_population_has_identification_and_descriptive_attributes():
     people = population(3, size=50)
     assert len({p.customer_id for p in people}) == 50
     assert all("@" in p.email and p.phone.startswith("+") and p.age_band and p.education for p in people)
+
+
+def test_customers_stop_ordering_when_they_leave_and_spend_around_their_own_mean():
+    stream = EventStream(5, TOPICS)
+    customer = {c.customer_id: c for c in stream.customers}
+    orders = [json.loads(e.value) for e in stream.events(0, 40_000) if e.kind == "valid" and e.source == "transaction"]
+    last = max(datetime.fromisoformat(o["event_time"]) for o in orders)
+    left = {c.customer_id for c in stream.customers if c.leaves_at < last}
+    assert len(left) > 50  # a year's mean lifetime: several percent leave within the 40 days
+    after = [o for o in orders if datetime.fromisoformat(o["event_time"]) >= customer[o["customer_id"]].leaves_at]
+    assert len(orders) > 5_000 and len(after) <= len(orders) // 1000
+    # Each order's lines add up to its amount before the promotion, and spend follows the customer.
+    assert all(o["items"] and all(i["quantity"] >= 1 for i in o["items"]) for o in orders)
+    subtotal = {o["order_id"]: sum(i["quantity"] * i["unit_price"] for i in o["items"]) for o in orders}
+    by_mean = sorted(stream.customers, key=lambda c: c.mean_order)
+    low, high = ({c.customer_id for c in part} for part in (by_mean[:500], by_mean[-500:]))
+    mean = lambda ids: sum(subtotal[o["order_id"]] for o in orders if o["customer_id"] in ids) / sum(o["customer_id"] in ids for o in orders)  # noqa: E731
+    assert mean(high) > 2 * mean(low)
