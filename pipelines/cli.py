@@ -179,9 +179,11 @@ def _functional(spark, profile: Profile, directives, full: bool = False) -> None
         if run.skipped:
             state = "up to date, nothing new"
         elif run.rebuilt_partials:
-            state = f"recomputed from all {run.new_events:,} silver events"
-        else:
+            state = f"partials rebuilt from silver, {run.new_events:,} events read for the customers'"
+        elif run.new_events:
             state = f"updated with {run.new_events:,} new silver events"
+        else:
+            state = f"recomputed for version {functional.directive.version} of the directive"
         print(f"functional {functional.directive.id}: {run.customers:,} customers ({state}) -> {run.table}")
         for name, table in run.breakdowns.items():
             print(f"  {name} -> {table}")

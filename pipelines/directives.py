@@ -244,6 +244,7 @@ class Breakdown(_Strict):
     description: str
     grain: str = Field(pattern=_NAME, description="A column of every source its parameters read, e.g. campaign_name.")
     parameters: list[Parameter] = Field(min_length=1)
+    scores: list[Score] = Field(default=[], description="SQL over the breakdown's parameters, e.g. a lead score per visitor.")
 
 
 class FunctionalDirective(_Strict):
@@ -261,7 +262,8 @@ class FunctionalDirective(_Strict):
     def measuring(self, breakdown: Breakdown) -> "FunctionalDirective":
         """This directive as it measures a breakdown: the breakdown's grain and parameters, with
         the same as_of and trust choice (a copy; the grain is checked when the directives load)."""
-        update = {"grain": breakdown.grain, "parameters": breakdown.parameters, "segmentation": None, "breakdowns": []}
+        scores = Segmentation(scores=breakdown.scores) if breakdown.scores else None
+        update = {"grain": breakdown.grain, "parameters": breakdown.parameters, "segmentation": scores, "breakdowns": []}
         return self.model_copy(update=update)
 
 

@@ -47,6 +47,8 @@ POPULATION = 2_000
 MEAN_LIFETIME_DAYS = 365
 SPEND_SHAPE = 4.0
 SPEND_Q, SPEND_GAMMA = 4.0, 600.0  # mean order values average γ/(q-1) x SPEND_SHAPE = 800
+PROSPECTS = 1_000  # anonymous visitors: cookies of people who never identify or buy (the leads)
+PROSPECT_SHARE = 0.25  # of web events
 MAX_MEAN_ORDER = 5_000.0  # caps the few heaviest spenders (about 1 in 300), so no valid order breaks the amount rule
 
 COUNTRIES = {"DE": "EUR", "FR": "EUR", "ES": "EUR", "US": "USD", "GB": "GBP"}
@@ -190,6 +192,7 @@ class EventStream:
     mix: dict[str, float] | None = None
     customers: list[Customer] = field(default_factory=list)
     _cum_weights: list[float] = field(default_factory=list)
+    _prospects: list[str] = field(default_factory=list)  # their cookie ids
     _mix: list[tuple[float, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -202,6 +205,7 @@ class EventStream:
         self._mix = list(zip(itertools.accumulate(mix.values()), mix, strict=True))
         self.customers = self.customers or population(self.seed)
         self._cum_weights = list(itertools.accumulate(c.activity for c in self.customers))
+        self._prospects = [uuid.UUID(int=random.Random(f"prospect:{self.seed}:{k}").getrandbits(128), version=4).hex for k in range(PROSPECTS)]
 
     def _rng(self, i: int) -> random.Random:
         return random.Random(f"{self.seed}:{i}")
@@ -273,13 +277,14 @@ class EventStream:
                 break
         return customer
 
-    @staticmethod
-    def _web(rng: random.Random, c: Customer, when: datetime) -> dict:
+    def _web(self, rng: random.Random, c: Customer, when: datetime) -> dict:
         campaign = rng.choice(CAMPAIGNS) if rng.random() < 0.3 else (None, None, None)
+        prospect = rng.random() < PROSPECT_SHARE
+        cookie = rng.choice(self._prospects) if prospect else c.cookie_id
         return {
-            "customer_id": c.customer_id if rng.random() < 0.6 else None,
-            "cookie_id": c.cookie_id,
-            "session_id": f"S-{c.cookie_id[:8]}-{when:%Y%m%d}-{when.hour // 6}",
+            "customer_id": c.customer_id if not prospect and rng.random() < 0.6 else None,
+            "cookie_id": cookie,
+            "session_id": f"S-{cookie[:8]}-{when:%Y%m%d}-{when.hour // 6}",
             "event_type": rng.choice(("page_view", "page_view", "click")),
             "page": rng.choice(PAGES),
             "referrer": rng.choice(REFERRERS),

@@ -7,7 +7,8 @@ rebuilt, and not otherwise; `source_version` in the output records what it was c
 from. When the strategic directive it serves asks for validity checks, `<table>_variants`
 holds the parameters re-measured for them (see parameter_variants); with `segmentation`,
 `<table>_segments` holds RFM scores, segments, k-means clusters and scores; each breakdown
-`by_<grain>` has its own partials and table `<table>_by_<grain>`, with the same as_of.
+`by_<grain>` has its own partials and table `<table>_by_<grain>` (with its scores), with the
+same as_of. A new version of the directive recomputes them all, even on the same silver data.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Profile
 from pipelines.crfm.incremental import update_partials
 from pipelines.crfm.parameters import as_of_time, by_source, check_plan, customer_parameters, joined, parameter_variants, source_parts
-from pipelines.crfm.segments import check_scores, segments
+from pipelines.crfm.segments import check_scores, scores, segments
 from pipelines.directives import DirectiveSet, Loaded
 from pipelines.lakehouse import overwrite_unless_current, table_version
 from pipelines.tables import functional_table, silver_table
@@ -58,9 +60,10 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     source_version = sum(table_version(spark, p) for p in paths.values())
     schemas = {s: spark.read.format("delta").load(p).schema for s, p in paths.items()}
     for part, each in measured.items():
-        planned = check_plan(spark, each, schemas, f"{functional.path}" + (f": breakdowns ({part})" if part else ""))
-        if each.segmentation is not None:
-            check_scores(planned, each.segmentation, str(functional.path))
+        where = f"{functional.path}" + (f": breakdowns ({part})" if part else "")
+        planned = check_plan(spark, each, schemas, where)
+        if each.segmentation is not None:  # a breakdown's segmentation is its scores alone
+            check_scores(planned, each.segmentation, where, "scores" if part else "segmentation.scores")
 
     phases: dict[str, float] = {}
 
@@ -98,8 +101,10 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     def parameters():
         return joined(parts(), directive).select("*", *lineage())
 
+    # Another version of the directive may score, segment or re-measure differently on the same data.
+    changed = DeltaTable.isDeltaTable(spark, out) and _directive_version(spark, out) != directive.version
     with timed(phases, "roll-up"):
-        rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials)
+        rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials or changed)
     # The validity checks of the strategic directive this one serves re-measure the parameters.
     validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
     if validity is not None:
@@ -124,7 +129,8 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         breakdowns[b.name] = functional_table(profile, directive.id, b.name)
 
         def per_grain(each=measured[b.name]):
-            return customer_parameters(daily[b.name], each, as_of()).select("*", *lineage())
+            measures = customer_parameters(daily[b.name], each, as_of())
+            return (scores(measures, each.segmentation) if each.segmentation else measures).select("*", *lineage())
 
         with timed(phases, b.name):
             overwrite_unless_current(spark, breakdowns[b.name], source_version, per_grain, force=rebuilt)
@@ -136,3 +142,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
             directive.id, customers, source_version, new_events, describe(phases),
         )  # fmt: skip
     return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns)
+
+
+def _directive_version(spark: SparkSession, table: str) -> int | None:
+    return spark.read.format("delta").load(table).agg(F.max("directive_version")).first()[0]

@@ -78,7 +78,7 @@ def clusters(params: DataFrame, clustering: Clustering) -> DataFrame:
     return model.transform(filled).drop("_features", "_scaled").select(*params.columns, "cluster")
 
 
-def check_scores(params: DataFrame, segmentation: Segmentation, where: str) -> None:
+def check_scores(params: DataFrame, segmentation: Segmentation, where: str, field: str = "segmentation.scores") -> None:
     """Analyse each score expression on the (empty) parameters frame; no job runs."""
     rfm = [F.lit(1).alias(c) for c in ("r_score", "f_score", "m_score")] if segmentation.rfm else []
     scored = params.select("*", *rfm)
@@ -86,7 +86,7 @@ def check_scores(params: DataFrame, segmentation: Segmentation, where: str) -> N
         try:
             _ = scored.select(F.expr(score.expression)).schema  # analysis only
         except (AnalysisException, ParseException) as exc:
-            raise CrmError(f"{where}: segmentation.scores ({score.name}): {analysis_error(exc)}") from exc
+            raise CrmError(f"{where}: {field} ({score.name}): {analysis_error(exc)}") from exc
 
 
 def scores(scored: DataFrame, segmentation: Segmentation) -> DataFrame:

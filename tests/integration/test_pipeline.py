@@ -23,6 +23,7 @@ from pipelines.crom.resolve import run_identities, run_web_sessions
 from pipelines.crom.text import score_texts
 from pipelines.crsm.job import run_strategic
 from pipelines.crsm.report import build_report
+from pipelines.directives import Loaded
 from pipelines.errors import CrmError
 from pipelines.generator import COMPLAINTS, LOG_LINES, PRODUCTS, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
 from pipelines.privacy import hmac_key, phone_key
@@ -222,6 +223,15 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     run = run_functional(spark, profile, directives, functional)
     assert not run.skipped
     assert run_functional(spark, profile, directives, functional).skipped  # no new silver data
+    # A new version of the directive that only rescores is recomputed on the same silver data.
+    shipped = functional.directive.segmentation
+    rescore = [s.model_copy(update={"expression": "r_score * 100"}) if s.name == "customer_score" else s for s in shipped.scores]
+    rescored = functional.directive.model_copy(update={"version": functional.directive.version + 1, "segmentation": shipped.model_copy(update={"scores": rescore})})
+    again = run_functional(spark, profile, directives, Loaded(rescored, functional.path))
+    assert not again.skipped and not again.rebuilt_partials
+    scored = read(functional_table(profile, functional.directive.id, "segments")).where(F.col("r_score").isNotNull()).collect()
+    assert scored and all(r["customer_score"] == 100 * r["r_score"] for r in scored)
+    assert not run_functional(spark, profile, directives, functional).skipped  # and back to the shipped version
     params = {r["customer_id"]: r for r in read(functional_table(profile, functional.directive.id)).collect()}
     segments = {r["customer_id"]: r for r in read(functional_table(profile, functional.directive.id, "segments")).collect()}
     assert set(segments) == set(params)
@@ -281,6 +291,26 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     reached = Counter(v["utm_campaign"] for v in visits if v["utm_campaign"] and recent(v))
     clicked = Counter(v["utm_campaign"] for v in visits if v["utm_campaign"] and recent(v) and v["event_type"] == "click")
     assert reached and {c: by_campaign[c]["click_rate_30d"] for c in reached} == pytest.approx({c: clicked[c] / n for c, n in reached.items()})
+    # Leads: visitors (cookies) that no event in 30 days identified, scored on their engagement.
+    cookie = lambda v: hmac.new(key, v["cookie_id"].strip(" ").lower().encode(), hashlib.sha256).hexdigest()  # noqa: E731
+    engaged = defaultdict(list)
+    for v in visits:
+        if recent(v):
+            engaged[cookie(v)].append(v)
+
+    def lead_score(seen: list[dict]) -> int | None:
+        if any(v["customer_id"] for v in seen) or 2 * sum("bot" in v["user_agent"].lower() for v in seen) >= len(seen):
+            return None
+        sessions = len({v["session_id"] for v in seen})
+        products = sum(v["page"].startswith("/products") for v in seen)
+        checkouts = sum(v["page"] in ("/cart", "/checkout") for v in seen)
+        campaigns = len({v["session_id"] for v in seen if v["utm_campaign"]})
+        return min(100, 10 * sessions + 5 * products + 15 * checkouts + 10 * campaigns)
+
+    by_visitor = {r["cookie_id_hmac"]: r for r in read(run.breakdowns["by_visitor"]).collect()}
+    leads = {c: lead_score(seen) for c, seen in engaged.items()}
+    assert sum(score is not None for score in leads.values()) > 10
+    assert {c: by_visitor[c]["lead_score"] for c in leads} == leads
     # Advocacy parameters: the sentiment CROM's text model gave each post, counted per customer.
     labels = {p["text"]: s.label for p, s in zip(posts, score_texts([p["text"] for p in posts]))}
     last_90 = [p for p in posts if p["customer_id"] and _day(p) > as_of - timedelta(days=90)]
