@@ -142,8 +142,8 @@ def build_report(spark: SparkSession, profile: Profile, directives: DirectiveSet
                     "<th class=l>source</th><th class=l>action</th><th>failing batches</th><th>last</th><th>unexpected rows</th>"
                     f"<th class=l>KPIs at risk</th></tr>{''.join(at_risk)}</table>")  # fmt: skip
     if directive.purchase_model is not None and fit is None:
-        body.append("<h2>Purchase model</h2><p>Not fitted on this version (too little purchase history; the job's log says why): "
-                    "the KPIs on its outputs have no value.</p>")  # fmt: skip
+        body.append("<h2>Purchase model</h2><p>Not fitted on this version, for example too few repeat buyers yet "
+                    "(<code>crm strategic</code> and the job's log say why): the KPIs on its outputs have no value.</p>")  # fmt: skip
     if fit is not None:
         holdout = ""
         if fit["holdout_units"] is not None:
