@@ -172,6 +172,18 @@ ROW_MEASURES = ("count", "sum", "avg", "count_distinct", "last", "recency_days",
 DAY_MEASURES = ("active_days", "repeat_days", "repeat_avg", "first_to_last_days", "tenure_days")
 
 
+CUSTOMER = "customer_id"  # the functional grain CRSM reads, and the key attribution joins on
+
+
+class Attribution(_Strict):
+    """Last-touch attribution, by day: an event takes the breakdown's grain (e.g. the campaign)
+    from the same customer's newest event of `source` that has one, on the event's day or the
+    `within_days` days before; events without such a touch are not counted. Breakdowns only."""
+
+    source: str = Field(description="The source whose events carry the breakdown's grain, e.g. web for campaigns.")
+    within_days: int = Field(default=7, ge=0, le=366)
+
+
 class Parameter(_Strict):
     name: str = Field(pattern=_NAME)
     data_class: DataClass = Field(alias="class")
@@ -183,6 +195,7 @@ class Parameter(_Strict):
     of: str | None = Field(default=None, description="A ratio's denominator: the events it is a share of (all, by default).")
     window_days: int | None = Field(default=None, ge=1, description="Only the N days up to as_of.")
     holdout_days: int | None = Field(default=None, ge=1, description="Only the N days after as_of: a holdout to check predictions.")
+    attributed_by: Attribution | None = Field(default=None, description="In a breakdown: the grain of events that do not carry it.")
 
     @model_validator(mode="after")
     def _one_period(self):
@@ -252,7 +265,7 @@ class FunctionalDirective(_Strict):
     version: int = Field(ge=1)
     serves: str | None = None
     description: str
-    grain: Literal["customer_id"] = Field(default="customer_id", description="CRSM reads one row per customer; see breakdowns.")
+    grain: Literal["customer_id"] = Field(default=CUSTOMER, description="CRSM reads one row per customer; see breakdowns.")
     as_of: date | None = Field(default=None, description="The last day counted (e.g. a calibration end); default: the newest event's.")
     include_untrusted: bool = Field(default=False, description="Read events from producers no source trusts.")
     parameters: list[Parameter] = Field(min_length=1)
@@ -618,6 +631,9 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
         for name, src in op.directive.sources.items()
     }
     _check_parameter_list(f"{ref.path}: parameters", ref.directive, ref.directive.parameters, datafied, schemas)
+    for i, param in enumerate(ref.directive.parameters):
+        if param.attributed_by is not None:
+            raise CrmError(f"{ref.path}: parameters[{i}] ({param.name}): attributed_by: only a breakdown's parameters are attributed")
     seen: set[str] = set()  # the other tables' names (variants, segments) cannot match ^by_
     for i, breakdown in enumerate(ref.directive.breakdowns):
         where = f"{ref.path}: breakdowns[{i}] ({breakdown.name})"
@@ -626,8 +642,31 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
         seen.add(breakdown.name)
         _check_parameter_list(f"{where}: parameters", ref.directive, breakdown.parameters, datafied, schemas)
         for source in sorted({p.source for p in breakdown.parameters}):
-            if not _is_column(breakdown.grain, schemas[source], datafied[source]):
-                raise CrmError(f"{where}: grain: {breakdown.grain!r} is not a column of {schemas[source].name}'s silver table")
+            attribution = _check_attribution(where, breakdown, source, datafied, schemas)
+            carrier = attribution.source if attribution else source  # the source whose events carry the grain
+            if not _is_column(breakdown.grain, schemas[carrier], datafied[carrier]):
+                raise CrmError(f"{where}: grain: {breakdown.grain!r} is not a column of {schemas[carrier].name}'s silver table")
+
+
+def _check_attribution(where: str, breakdown: Breakdown, source: str, datafied: dict, schemas: dict[str, EventSchema]) -> Attribution | None:
+    """The one attribution of a source's parameters in a breakdown (the partials are per source)."""
+    params = [(i, p) for i, p in enumerate(breakdown.parameters) if p.source == source]
+    attributions = {p.attributed_by for _, p in params}
+    i, param = next((i, p) for i, p in params if p.attributed_by is not None) if any(attributions) else params[0]
+    at = f"{where}: parameters[{i}] ({param.name}): attributed_by"
+    if len(attributions) > 1:
+        raise CrmError(f"{at}: every {source} parameter of a breakdown is attributed the same way, or none is")
+    attribution = param.attributed_by
+    if attribution is None:
+        return None
+    if attribution.source == source:
+        raise CrmError(f"{at}: source: {source!r} is the parameter's own source; attribution takes the grain from another")
+    if attribution.source not in datafied:
+        raise CrmError(f"{at}: source: {attribution.source!r} is not a source of any operational directive")
+    for each in (source, attribution.source):  # attribution joins the two on the customer
+        if not _is_column(CUSTOMER, schemas[each], datafied[each]):
+            raise CrmError(f"{at}: {schemas[each].name}'s silver table has no {CUSTOMER} to attribute by")
+    return attribution
 
 
 def _is_column(name: str, schema: EventSchema, datafy) -> bool:

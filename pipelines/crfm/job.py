@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import Profile
 from pipelines.crfm.incremental import update_partials
-from pipelines.crfm.parameters import as_of_time, by_source, check_plan, customer_parameters, joined, parameter_variants, source_parts
+from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, feeds, joined, parameter_variants, source_parts
 from pipelines.crfm.segments import check_scores, scores, segments
 from pipelines.directives import DirectiveSet, Loaded
 from pipelines.lakehouse import overwrite_unless_current, table_version
@@ -54,7 +54,8 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     directive = functional.directive
     # What is measured: the customer parameters (part "") and each breakdown (part "by_...").
     measured = {"": directive} | {b.name: directive.measuring(b) for b in directive.breakdowns}
-    sources = sorted({p.source for d in measured.values() for p in d.parameters})
+    fed = {part: feeds(each) for part, each in measured.items()}  # each part's partials tables
+    sources = sorted({feed.source for named in fed.values() for feed in named.values()})
     paths = {s: silver_table(profile, s) for s in sources}
     # Versions only grow, so their sum identifies the input state and grows with it.
     source_version = sum(table_version(spark, p) for p in paths.values())
@@ -68,18 +69,18 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     phases: dict[str, float] = {}
 
     def partials(task: tuple[str, str]):
-        part, source = task
-        name = f"{part}_partials_{source}" if part else f"partials_{source}"
+        part, name = task
+        feed = fed[part][name]
         return update_partials(
-            spark, paths[source], functional_table(profile, directive.id, name),
-            profile.checkpoints / "crfm" / directive.id / part / source, by_source(measured[part])[source], measured[part].grain, full,
+            spark, paths[feed.source], functional_table(profile, directive.id, f"{part}_partials_{name}" if part else f"partials_{name}"),
+            profile.checkpoints / "crfm" / directive.id / part / name, list(feed.params), feed.grain, full,
         )  # fmt: skip
 
-    tasks = [(part, source) for part, each in measured.items() for source in sorted(by_source(each))]
+    tasks = [(part, name) for part, named in fed.items() for name in sorted(named)]
     with timed(phases, "partials"), ThreadPoolExecutor(min(len(tasks), STREAMS_AT_ONCE), thread_name_prefix="crfm-partials") as pool:
         runs = dict(zip(tasks, pool.map(partials, tasks)))
     rebuilt_partials = any(run.rebuilt for run in runs.values())
-    daily = {part: {s: spark.read.format("delta").load(runs[(part, s)].table) for s in by_source(each)} for part, each in measured.items()}
+    daily = {part: {name: spark.read.format("delta").load(runs[(part, name)].table) for name in named} for part, named in fed.items()}
     out = functional_table(profile, directive.id)
 
     @cache

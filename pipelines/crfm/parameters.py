@@ -9,6 +9,11 @@ The work is split in two so new events can be added without re-reading old ones:
 - `customer_parameters` rolls those rows up into one row per customer, for a given as_of
   and trust choice: windows, holdouts and recency are decided here, on whole days.
 
+A breakdown's parameter `attributed_by` another source takes its grain from there (e.g. an
+order's campaign from its customer's newest campaign visit): its partials are kept per
+customer, beside the customer's newest grain value per day (`<source>_touches`), and
+`attribute` joins them in the roll-up.
+
 Windows are whole days: `window_days: 90` counts the 90 days up to and including the as_of
 day; a holdout counts the N days after it. as_of is the end of the directive's as_of day,
 else the end of the newest event's day, so a rerun on the same data gives the same numbers.
@@ -19,6 +24,7 @@ the silver schemas by building a plan on an empty DataFrame, which runs no job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, time
 from functools import reduce
 
@@ -27,7 +33,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.directives import DAY_MEASURES, UNTRUSTED, FunctionalDirective, Parameter, Windows
+from pipelines.directives import CUSTOMER, DAY_MEASURES, UNTRUSTED, Attribution, FunctionalDirective, Parameter, Windows
 from pipelines.errors import CrmError
 
 EVENT_TIME = "event_time"
@@ -181,8 +187,58 @@ def by_source(directive: FunctionalDirective) -> dict[str, list[Parameter]]:
     return groups
 
 
+@dataclass(frozen=True)
+class Feed:
+    """One partials table: a source's events folded at one grain."""
+
+    source: str
+    params: tuple[Parameter, ...]
+    grain: str
+
+
+def _touch(grain: str) -> Parameter:
+    """The newest value of the grain a customer's events carried each day: what attribution reads."""
+    return Parameter.model_validate({"name": "touch", "class": "probe", "source": "-", "measure": "last", "column": grain, "filter": f"{grain} IS NOT NULL"})
+
+
+def _attribution(params: list[Parameter]) -> Attribution | None:
+    return params[0].attributed_by  # the same for every parameter of a source (checked when the directives load)
+
+
+def feeds(directive: FunctionalDirective) -> dict[str, Feed]:
+    """The partials a directive folds, by name: each source's parameters at the directive's grain,
+    or at the customer's when attributed, with `<source>_touches` holding the grain to attribute."""
+    out = {}
+    for source, params in by_source(directive).items():
+        attribution = _attribution(params)
+        out[source] = Feed(source, tuple(params), CUSTOMER if attribution else directive.grain)
+        if attribution:
+            out[f"{attribution.source}_touches"] = Feed(attribution.source, (_touch(directive.grain),), CUSTOMER)
+    return out
+
+
+def attribute(per_day: DataFrame, touches: DataFrame, grain: str, within_days: int) -> DataFrame:
+    """Per-customer, per-day rows given the `grain` of the customer's newest touch on that day or
+    the `within_days` before (last touch); days without one are left out (pure)."""
+    newest = part(_touch(grain), LAST)
+    touched = touches.where(F.col(newest).isNotNull()).select(F.col(CUSTOMER).alias("_by"), F.col(DAY).alias("_on"), F.col(newest).alias("_touch"))
+    near = (F.col("_by") == F.col(CUSTOMER)) & F.col("_on").between(F.date_sub(F.col(DAY), within_days), F.col(DAY))
+    last_touch = per_day.join(touched, near).groupBy(CUSTOMER, DAY).agg(F.max("_touch")["value"].alias(grain))
+    return per_day.join(last_touch, [CUSTOMER, DAY])
+
+
 def _trust(daily: DataFrame, include_untrusted: bool) -> DataFrame:
     return daily if include_untrusted else daily.where(F.col(TRUSTED))
+
+
+def _per_grain_day(daily: dict[str, DataFrame], source: str, params: list[Parameter], grain: str, include: bool) -> DataFrame:
+    """A source's partials with the trust choice made, one row per grain value and day."""
+    attribution = _attribution(params)
+    if attribution is None:
+        return _per_day(_trust(daily[source], include), params, grain)
+    per_customer = _per_day(_trust(daily[source], include), params, CUSTOMER)
+    touches = _per_day(_trust(daily[f"{attribution.source}_touches"], include), [_touch(grain)], CUSTOMER)
+    return _per_day(attribute(per_customer, touches, grain, attribution.within_days), params, grain)
 
 
 def source_parts(
@@ -193,7 +249,7 @@ def source_parts(
     include = directive.include_untrusted if include_untrusted is None else include_untrusted
     as_of_day = F.to_date(as_of)
     return {
-        source: _per_day(_trust(daily[source], include), params, directive.grain).groupBy(directive.grain).agg(*[rollup(p, as_of_day) for p in params])
+        source: _per_grain_day(daily, source, params, directive.grain, include).groupBy(directive.grain).agg(*[rollup(p, as_of_day) for p in params])
         for source, params in by_source(directive).items()
     }
 
@@ -214,8 +270,8 @@ def customer_parameters(
 
 
 def silver_partials(silver: dict[str, DataFrame], directive: FunctionalDirective) -> dict[str, DataFrame]:
-    """Each source's daily partials computed straight from silver: a full recompute."""
-    return {s: daily_partials(silver[s], params, directive.grain) for s, params in by_source(directive).items()}
+    """Each feed's daily partials computed straight from silver: a full recompute."""
+    return {name: daily_partials(silver[feed.source], list(feed.params), feed.grain) for name, feed in feeds(directive).items()}
 
 
 def analysis_error(exc: AnalysisException | ParseException) -> str:
@@ -226,12 +282,12 @@ def check_plan(spark: SparkSession, directive: FunctionalDirective, schemas: dic
     """Analyse every parameter's partials and roll-up on an empty frame of each silver schema;
     no job runs. Returns the (empty) parameters frame, for checks of what is built on it."""
     as_of = F.lit("2000-01-01").cast("timestamp")
-    empty = {source: spark.createDataFrame([], schemas[source]) for source in by_source(directive)}
-    for source, params in by_source(directive).items():
+    empty = {feed.source: spark.createDataFrame([], schemas[feed.source]) for feed in feeds(directive).values()}
+    for params in by_source(directive).values():
         for param in params:
             single = directive.model_copy(update={"parameters": [param]})
             try:
-                _ = customer_parameters({source: daily_partials(empty[source], [param], directive.grain)}, single, as_of).schema  # analysis only
+                _ = customer_parameters(silver_partials(empty, single), single, as_of).schema  # analysis only
             except (AnalysisException, ParseException) as exc:
                 raise CrmError(f"{where}: parameters ({param.name}): {analysis_error(exc)}") from exc
     return customer_parameters(silver_partials(empty, directive), directive, as_of)

@@ -291,6 +291,25 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     reached = Counter(v["utm_campaign"] for v in visits if v["utm_campaign"] and recent(v))
     clicked = Counter(v["utm_campaign"] for v in visits if v["utm_campaign"] and recent(v) and v["event_type"] == "click")
     assert reached and {c: by_campaign[c]["click_rate_30d"] for c in reached} == pytest.approx({c: clicked[c] / n for c, n in reached.items()})
+    # Conversions: an order in 30 days goes to the campaign its customer last arrived from, on the
+    # order's day or the 7 days before (the directive's last touch, by day).
+    touches = defaultdict(list)
+    for v in visits:
+        if v["utm_campaign"] and v["customer_id"]:
+            touches[v["customer_id"]].append(v)
+
+    def last_touch(order):
+        near = [v for v in touches[order["customer_id"]] if 0 <= (_day(order) - _day(v)).days <= 7]
+        return max(near, key=lambda v: (datetime.fromisoformat(v["event_time"]), v["utm_campaign"]))["utm_campaign"] if near else None
+
+    converted, revenue = Counter(), defaultdict(float)
+    for o in orders:
+        if recent(o) and (campaign := last_touch(o)):
+            converted[campaign] += 1
+            revenue[campaign] += _in_eur(o["amount"], o["currency"], o["event_time"])
+    assert converted and {c: r["conversions_30d"] for c, r in by_campaign.items() if r["conversions_30d"]} == converted
+    assert {c: by_campaign[c]["conversion_revenue_30d"] for c in revenue} == pytest.approx(revenue)
+    assert all(r["conversion_rate_30d"] == pytest.approx(r["conversions_30d"] / r["sessions_30d"]) for r in by_campaign.values() if r["sessions_30d"])
     # Leads: visitors (cookies) that no event in 30 days identified, scored on their engagement.
     cookie = lambda v: hmac.new(key, v["cookie_id"].strip(" ").lower().encode(), hashlib.sha256).hexdigest()  # noqa: E731
     engaged = defaultdict(list)

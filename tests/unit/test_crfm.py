@@ -171,3 +171,71 @@ def test_ratio_denominator_is_checked_before_running(spark):
     schemas = {s: df.schema for s, df in _silver(spark).items()}
     with pytest.raises(CrmError, match=r"f.yaml: parameters \(share\): .*amout"):
         check_plan(spark, shares, schemas, "f.yaml")
+
+
+CAMPAIGNS = FunctionalDirective.model_validate(
+    {
+        "id": "functional.t",
+        "version": 1,
+        "description": "test",
+        "parameters": [{"name": "orders", "class": "transactional", "source": "transaction", "measure": "count"}],
+        "breakdowns": [
+            {
+                "name": "by_campaign",
+                "description": "test",
+                "grain": "campaign_name",
+                "parameters": [
+                    {"name": "visits_30d", "class": "probe", "source": "web", "measure": "count", "window_days": 30},
+                    *[
+                        {"name": name, "class": "transactional", "source": "transaction", "measure": measure, "column": column,
+                         "window_days": 30, "attributed_by": {"source": "web", "within_days": 7}}
+                        for name, measure, column in [
+                            ("conversions_30d", "count", None),
+                            ("revenue_30d", "sum", "amount"),
+                            ("buyers_30d", "count_distinct", "customer_id"),
+                        ]
+                    ],
+                ],
+            }
+        ],
+    }
+)
+
+
+def test_orders_are_attributed_to_the_campaign_their_customer_last_arrived_from(spark):
+    web = spark.createDataFrame(
+        [
+            ("C1", datetime(2026, 6, 20, 10), "spring", "high"),
+            ("C1", datetime(2026, 6, 25, 9), "summer", "high"),
+            ("C1", datetime(2026, 6, 26, 8), None, "high"),  # not from a campaign: the last touch stays summer
+            ("C2", datetime(2026, 6, 1, 12), "spring", "high"),
+            ("C3", datetime(2026, 6, 28, 18), "summer", "high"),  # later than the order, on its day: a day is the unit
+            (None, datetime(2026, 6, 22), "spring", "high"),  # anonymous: a visit, never a conversion
+            ("C4", datetime(2026, 6, 14), "spring", "untrusted"),  # not read: the directive leaves untrusted events out
+            ("C5", datetime(2026, 6, 29), "autumn", "high"),
+            ("C6", datetime(2026, 6, 12), None, "high"),  # visits, none from a campaign
+        ],
+        "customer_id string, event_time timestamp, campaign_name string, trust_level string",
+    )
+    tx = spark.createDataFrame(
+        [
+            ("C1", datetime(2026, 6, 26), 100.0),  # summer, the newer touch
+            ("C1", datetime(2026, 6, 21), 50.0),  # spring
+            ("C1", datetime(2026, 6, 10), 999.0),  # no touch in the 7 days before
+            ("C2", datetime(2026, 6, 8), 20.0),  # spring, exactly 7 days after the touch
+            ("C2", datetime(2026, 6, 9), 999.0),  # 8 days after: not attributed
+            ("C3", datetime(2026, 6, 28, 9), 30.0),  # summer
+            ("C4", datetime(2026, 6, 15), 999.0),  # its touch is untrusted
+            ("C6", datetime(2026, 6, 12), 999.0),  # no campaign touch
+            ("C1", datetime(2026, 5, 20), 999.0),  # outside 30 days, though touched the day before
+        ],
+        "customer_id string, event_time timestamp, amount double",
+    ).withColumn("trust_level", F.lit("high"))
+    web = web.union(spark.createDataFrame([("C1", datetime(2026, 5, 19), "spring", "high")], web.schema))
+    measured = CAMPAIGNS.measuring(CAMPAIGNS.breakdowns[0])
+    got = customer_parameters(silver_partials({"web": web, "transaction": tx}, measured), measured, F.lit(AS_OF))
+    expected = spark.createDataFrame(
+        [("spring", 3, 2, 70.0, 2), ("summer", 2, 2, 130.0, 2), ("autumn", 1, 0, 0.0, 0)],
+        "campaign_name string, visits_30d long, conversions_30d long, revenue_30d double, buyers_30d int",
+    )
+    assertDataFrameEqual(got, expected)

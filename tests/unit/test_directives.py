@@ -317,6 +317,39 @@ def test_breakdown_grain_must_be_a_column_of_its_sources(tree: Path):
         _load(tree)
 
 
+ATTRIBUTED = {"source": "web", "within_days": 7}
+
+
+def _conversions(d):  # by_campaign's attributed parameters
+    return [p for p in d["breakdowns"][0]["parameters"] if p.get("attributed_by")]
+
+
+def _attribute_all(d, attribution):
+    for p in _conversions(d):
+        p["attributed_by"] = attribution
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["parameters"][4].update(attributed_by=ATTRIBUTED),
+         r"parameters\[4\] \(frequency_90d\): attributed_by: only a breakdown's parameters are attributed"),
+        (lambda d: _conversions(d)[0].pop("attributed_by"),
+         r"breakdowns\[0\] \(by_campaign\): parameters\[\d+\] \(\w+\): attributed_by: every transaction parameter of a breakdown is attributed the same way"),
+        (lambda d: _attribute_all(d, {"source": "transaction"}),
+         r"attributed_by: source: 'transaction' is the parameter's own source"),
+        (lambda d: _attribute_all(d, {"source": "weblog"}),
+         r"attributed_by: source: 'weblog' is not a source of any operational directive"),
+        (lambda d: d["breakdowns"][0].update(grain="channel"),  # orders carry a channel, web events do not
+         r"breakdowns\[0\] \(by_campaign\): grain: 'channel' is not a column of web.v1's silver table"),
+    ],
+)
+def test_bad_attribution_is_refused(tree: Path, change, message):
+    _edit(tree / "functional" / "customer_metrics.yaml", change)
+    with pytest.raises(CrmError, match=message):
+        _load(tree)
+
+
 @pytest.mark.parametrize("days", [0, -3, "forever"])
 def test_bad_delta_retention_is_refused(tree: Path, days):
     _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["web"].update(delta_retention_days=days))
