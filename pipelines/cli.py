@@ -179,7 +179,7 @@ def _functional(spark, profile: Profile, directives, full: bool = False) -> None
         if run.skipped:
             state = "up to date, nothing new"
         elif run.rebuilt_partials:
-            state = f"partials rebuilt from silver, {run.new_events:,} events read for the customers'"
+            state = f"partials rebuilt from silver, {run.new_events:,} events read"
         elif run.new_events:
             state = f"updated with {run.new_events:,} new silver events"
         else:

@@ -23,8 +23,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Profile
-from pipelines.crfm.incremental import update_partials
-from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, feeds, joined, parameter_variants, source_parts
+from pipelines.crfm.incremental import Fold, update_partials
+from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, earlier_labels, feeds, joined, parameter_variants, source_parts
 from pipelines.crfm.segments import check_scores, scores, segments
 from pipelines.directives import DirectiveSet, Loaded
 from pipelines.lakehouse import overwrite_unless_current, table_version
@@ -39,7 +39,7 @@ class FunctionalRun:
     table: str
     customers: int
     source_version: int
-    new_events: int  # silver rows folded into the partials by this run
+    new_events: int  # silver rows folded into the partials by this run (each read once)
     rebuilt_partials: bool  # partials recomputed from all of silver
     skipped: bool
     phases: dict[str, float]  # seconds per step
@@ -68,19 +68,20 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
 
     phases: dict[str, float] = {}
 
-    def partials(task: tuple[str, str]):
-        part, name = task
-        feed = fed[part][name]
-        return update_partials(
-            spark, paths[feed.source], functional_table(profile, directive.id, f"{part}_partials_{name}" if part else f"partials_{name}"),
-            profile.checkpoints / "crfm" / directive.id / part / name, list(feed.params), feed.grain, full,
-        )  # fmt: skip
+    def partials_table(part: str, name: str) -> str:
+        return functional_table(profile, directive.id, f"{part}_partials_{name}" if part else f"partials_{name}")
 
-    tasks = [(part, name) for part, named in fed.items() for name in sorted(named)]
-    with timed(phases, "partials"), ThreadPoolExecutor(min(len(tasks), STREAMS_AT_ONCE), thread_name_prefix="crfm-partials") as pool:
-        runs = dict(zip(tasks, pool.map(partials, tasks)))
-    rebuilt_partials = any(run.rebuilt for run in runs.values())
-    daily = {part: {name: spark.read.format("delta").load(runs[(part, name)].table) for name in named} for part, named in fed.items()}
+    def partials(source: str):  # one stream per silver table feeds every partials table that reads it
+        folds = [
+            Fold(partials_table(part, name), feed.params, feed.grain)
+            for part, named in fed.items() for name, feed in named.items() if feed.source == source
+        ]  # fmt: skip
+        return update_partials(spark, paths[source], folds, profile.checkpoints / "crfm" / directive.id / f"silver_{source}", full)
+
+    with timed(phases, "partials"), ThreadPoolExecutor(min(len(sources), STREAMS_AT_ONCE), thread_name_prefix="crfm-partials") as pool:
+        runs = list(pool.map(partials, sources))
+    rebuilt_partials = any(run.rebuilt for run in runs)
+    daily = {part: {name: spark.read.format("delta").load(partials_table(part, name)) for name in named} for part, named in fed.items()}
     out = functional_table(profile, directive.id)
 
     @cache
@@ -95,9 +96,13 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
             F.current_timestamp().alias("computed_at"),
         ]
 
+    # The validity checks of the strategic directive this one serves re-measure the parameters.
+    validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
+
     @cache
     def parts():  # cached: the parameters and most variants are joins of the same parts
-        return {s: part.persist() for s, part in source_parts(daily[""], directive, as_of()).items()}
+        earlier = earlier_labels(validity.windows) if validity else None  # the earlier windows' variants, in the same pass
+        return {s: part.persist() for s, part in source_parts(daily[""], directive, as_of(), earlier=earlier).items()}
 
     def parameters():
         return joined(parts(), directive).select("*", *lineage())
@@ -106,8 +111,6 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     changed = DeltaTable.isDeltaTable(spark, out) and _directive_version(spark, out) != directive.version
     with timed(phases, "roll-up"):
         rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials or changed)
-    # The validity checks of the strategic directive this one serves re-measure the parameters.
-    validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
     if validity is not None:
 
         def variants():
@@ -136,7 +139,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         with timed(phases, b.name):
             overwrite_unless_current(spark, breakdowns[b.name], source_version, per_grain, force=rebuilt)
     customers = spark.read.format("delta").load(out).count()
-    new_events = sum(run.new_events for (part, _), run in runs.items() if part == "")
+    new_events = sum(run.new_events for run in runs)
     if rebuilt:
         log.info(
             "functional %s: %d customers from silver version %d, %d new events (%s)",

@@ -1,15 +1,19 @@
 """CRFM's incremental partials: folded from silver's new commits with a Delta stream and
-MERGE, they must give the same parameters as a full recompute over all of silver."""
+MERGE, they must give the same parameters as a full recompute over all of silver, for every
+partials table the source's one stream feeds."""
 
 from __future__ import annotations
 
 import random
+import shutil
 from datetime import datetime, timedelta
 
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines.crfm.incremental import update_partials
+from pipelines.crfm import incremental
+from pipelines.crfm.incremental import Fold, update_partials
 from pipelines.crfm.parameters import as_of_time, by_source, customer_parameters, silver_partials
 from pipelines.directives import FunctionalDirective
 from tests.helpers import transaction_param
@@ -61,13 +65,23 @@ def _events(seed: int, n: int, days: int) -> list[tuple]:
     return rows
 
 
-def _run(spark, silver: str, tmp_path, full: bool = False):
-    params = by_source(DIRECTIVE)["transaction"]
-    return update_partials(spark, silver, str(tmp_path / "partials"), tmp_path / "cp", params, DIRECTIVE.grain, full)
+# A second grain fed by the same stream, as a breakdown's partials are.
+BY_SESSION = DIRECTIVE.model_copy(update={"grain": "session_id", "parameters": DIRECTIVE.parameters[:4]})
 
 
-def _parameters(daily):
-    return customer_parameters(daily, DIRECTIVE, as_of_time(DIRECTIVE, daily))
+def _folds(tmp_path, params=None) -> list[Fold]:
+    return [
+        Fold(str(tmp_path / "partials"), tuple(params or by_source(DIRECTIVE)["transaction"]), DIRECTIVE.grain),
+        Fold(str(tmp_path / "by_session"), tuple(by_source(BY_SESSION)["transaction"]), BY_SESSION.grain),
+    ]
+
+
+def _run(spark, silver: str, tmp_path, full: bool = False, params=None, checkpoint: str = "cp"):
+    return update_partials(spark, silver, _folds(tmp_path, params), tmp_path / checkpoint, full)
+
+
+def _parameters(daily, directive=DIRECTIVE):
+    return customer_parameters(daily, directive, as_of_time(directive, daily))
 
 
 def test_incremental_partials_equal_a_full_recompute(spark, tmp_path):
@@ -79,17 +93,45 @@ def test_incremental_partials_equal_a_full_recompute(spark, tmp_path):
     spark.createDataFrame(_events(2, 150, 140), SCHEMA).write.format("delta").mode("append").save(silver)
     spark.createDataFrame(_events(3, 50, 150), SCHEMA).write.format("delta").mode("append").save(silver)
     second = _run(spark, silver, tmp_path)
-    assert not second.rebuilt and second.new_events == 200  # only the new commits were read
+    assert not second.rebuilt and second.new_events == 200  # only the new commits were read, once for both tables
 
-    incremental = {"transaction": spark.read.format("delta").load(second.table)}
-    full = silver_partials({"transaction": spark.read.format("delta").load(silver)}, DIRECTIVE)
-    got, expected = _parameters(incremental), _parameters(full)
-    assert got.count() == 40
-    assertDataFrameEqual(got, expected, rtol=1e-9)
+    everything = {"transaction": spark.read.format("delta").load(silver)}
+    for directive, table, rows in ((DIRECTIVE, "partials", 40), (BY_SESSION, "by_session", 60)):
+        incremental = {"transaction": spark.read.format("delta").load(str(tmp_path / table))}
+        got, expected = _parameters(incremental, directive), _parameters(silver_partials(everything, directive), directive)
+        assert got.count() == rows
+        assertDataFrameEqual(got, expected, rtol=1e-9)
 
     nothing_new = _run(spark, silver, tmp_path)
     assert nothing_new.new_events == 0
-    assertDataFrameEqual(_parameters({"transaction": spark.read.format("delta").load(second.table)}), expected, rtol=1e-9)
+    incremental = {"transaction": spark.read.format("delta").load(str(tmp_path / "partials"))}
+    assertDataFrameEqual(_parameters(incremental), _parameters(silver_partials(everything, DIRECTIVE)), rtol=1e-9)
+
+
+def test_appends_are_compacted_into_one_row_per_key_with_the_same_parameters(spark, tmp_path, monkeypatch):
+    monkeypatch.setattr(incremental, "COMPACT_EVERY", 3)
+    silver = str(tmp_path / "silver")
+    spark.createDataFrame(_events(5, 300, 90), SCHEMA).write.format("delta").save(silver)
+    _run(spark, silver, tmp_path)  # the build: one row per key
+    table = str(tmp_path / "partials")
+    key = DIRECTIVE.grain, "day", "trusted"
+
+    def repeated() -> int:
+        rows = spark.read.format("delta").load(table)
+        return rows.count() - rows.select(*key).distinct().count()
+
+    again = _events(5, 300, 90)[:50]  # events of customers and days already folded
+    spark.createDataFrame(again, SCHEMA).write.format("delta").mode("append").save(silver)
+    _run(spark, silver, tmp_path)
+    assert repeated() > 0  # two appends (the build's and this one): not compacted yet
+    spark.createDataFrame(_events(6, 80, 95), SCHEMA).write.format("delta").mode("append").save(silver)
+    _run(spark, silver, tmp_path)
+    assert repeated() == 0  # the third append: the repeated keys are added up
+    everything = {"transaction": spark.read.format("delta").load(silver)}
+    compacted = {"transaction": spark.read.format("delta").load(table)}
+    assertDataFrameEqual(_parameters(compacted), _parameters(silver_partials(everything, DIRECTIVE)), rtol=1e-9)
+    metadata = [r[0] for r in DeltaTable.forPath(spark, table).history(1).select("userMetadata").collect()]
+    assert metadata == [incremental.COMPACTION]
 
 
 def test_partials_are_rebuilt_when_the_parameters_change_or_the_checkpoint_is_lost(spark, tmp_path):
@@ -98,11 +140,17 @@ def test_partials_are_rebuilt_when_the_parameters_change_or_the_checkpoint_is_lo
     _run(spark, silver, tmp_path)
 
     changed = DIRECTIVE.parameters[:1]
-    again = update_partials(spark, silver, str(tmp_path / "partials"), tmp_path / "cp", changed, DIRECTIVE.grain)
+    again = _run(spark, silver, tmp_path, params=changed)
     assert again.rebuilt and again.new_events == 100
-    assert [c for c in spark.read.format("delta").load(again.table).columns if "__" in c] == ["n_30d__rows"]
+    assert [c for c in spark.read.format("delta").load(str(tmp_path / "partials")).columns if "__" in c] == ["n_30d__rows"]
 
-    lost = update_partials(spark, silver, str(tmp_path / "partials"), tmp_path / "cp-moved", changed, DIRECTIVE.grain)
+    lost = _run(spark, silver, tmp_path, params=changed, checkpoint="cp-moved")
     assert lost.rebuilt and lost.new_events == 100  # a fresh checkpoint would otherwise add the events twice
-    total = spark.read.format("delta").load(lost.table).agg(F.sum("n_30d__rows")).first()[0]
+    total = spark.read.format("delta").load(str(tmp_path / "partials")).agg(F.sum("n_30d__rows")).first()[0]
     assert total == 100
+
+    shutil.rmtree(tmp_path / "by_session")  # one table of the stream lost: the stream cannot refill it alone
+    refilled = _run(spark, silver, tmp_path, params=changed, checkpoint="cp-moved")
+    assert refilled.rebuilt and refilled.new_events == 100
+    assert spark.read.format("delta").load(str(tmp_path / "partials")).agg(F.sum("n_30d__rows")).first()[0] == 100
+    assert spark.read.format("delta").load(str(tmp_path / "by_session")).agg(F.sum("n_30d__rows")).first()[0] == 100
