@@ -6,8 +6,8 @@ and each breakdown's); the stream's checkpoint records how far it got, so a run 
 new data, once per source. A batch's partials are appended, not MERGEd: partials of the same
 key add up wherever they are read, which is cheaper than a MERGE that reads and rewrites the
 month's files; every COMPACT_EVERY appends, the months with repeated keys are added up into
-one row per key. foreachBatch is at-least-once and an append adds, so each commit carries its batch id
-and a replayed batch is skipped, table by table (BatchAppender).
+one row per key. foreachBatch is at-least-once and an append adds, so each commit carries
+its batch id and a replayed batch is skipped, table by table (BatchAppender).
 
 The partials tables record a fingerprint of everything the stream folds. When the directive
 changes it, when a table and the checkpoint disagree (one of them lost), or on request
@@ -41,8 +41,8 @@ MONTH = "month"
 LAYOUT = 4  # of the partials tables; a change rebuilds tables stored the old way
 APP_ID = "crfm-partials"
 COMPACTION = "crfm-partials-compaction"  # not APP_ID's prefix: BatchAppender reads batch ids there
-COMPACT_EVERY = 8  # appends to a partials table before the months they touched are added up
-HISTORY_DEPTH = 50  # commits searched back for the last compaction
+COMPACT_EVERY = 8  # appends to a partials table before its repeated keys are added up
+HISTORY_DEPTH = 2 * COMPACT_EVERY  # commits searched back for the last compaction
 
 
 def _stored(partials: DataFrame) -> DataFrame:
