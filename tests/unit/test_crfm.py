@@ -214,6 +214,7 @@ def test_orders_are_attributed_to_the_campaign_their_customer_last_arrived_from(
             ("C4", datetime(2026, 6, 14), "spring", "untrusted"),  # not read: the directive leaves untrusted events out
             ("C5", datetime(2026, 6, 29), "autumn", "high"),
             ("C6", datetime(2026, 6, 12), None, "high"),  # visits, none from a campaign
+            ("C1", datetime(2026, 5, 19), "spring", "high"),  # touches the order below, which is outside 30 days
         ],
         "customer_id string, event_time timestamp, campaign_name string, trust_level string",
     )
@@ -231,7 +232,6 @@ def test_orders_are_attributed_to_the_campaign_their_customer_last_arrived_from(
         ],
         "customer_id string, event_time timestamp, amount double",
     ).withColumn("trust_level", F.lit("high"))
-    web = web.union(spark.createDataFrame([("C1", datetime(2026, 5, 19), "spring", "high")], web.schema))
     measured = CAMPAIGNS.measuring(CAMPAIGNS.breakdowns[0])
     got = customer_parameters(silver_partials({"web": web, "transaction": tx}, measured), measured, F.lit(AS_OF))
     expected = spark.createDataFrame(
