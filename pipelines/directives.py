@@ -642,13 +642,15 @@ def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]
         seen.add(breakdown.name)
         _check_parameter_list(f"{where}: parameters", ref.directive, breakdown.parameters, datafied, schemas)
         for source in sorted({p.source for p in breakdown.parameters}):
-            attribution = _check_attribution(where, breakdown, source, datafied, schemas)
+            attribution = _check_attribution(where, ref.directive.id, breakdown, source, datafied, schemas)
             carrier = attribution.source if attribution else source  # the source whose events carry the grain
             if not _is_column(breakdown.grain, schemas[carrier], datafied[carrier]):
                 raise CrmError(f"{where}: grain: {breakdown.grain!r} is not a column of {schemas[carrier].name}'s silver table")
 
 
-def _check_attribution(where: str, breakdown: Breakdown, source: str, datafied: dict, schemas: dict[str, EventSchema]) -> Attribution | None:
+def _check_attribution(
+    where: str, serving: str, breakdown: Breakdown, source: str, datafied: dict, schemas: dict[str, EventSchema]
+) -> Attribution | None:
     """The one attribution of a source's parameters in a breakdown (the partials are per source)."""
     params = [(i, p) for i, p in enumerate(breakdown.parameters) if p.source == source]
     attributions = {p.attributed_by for _, p in params}
@@ -662,7 +664,7 @@ def _check_attribution(where: str, breakdown: Breakdown, source: str, datafied: 
     if attribution.source == source:
         raise CrmError(f"{at}: source: {source!r} is the parameter's own source; attribution takes the grain from another")
     if attribution.source not in datafied:
-        raise CrmError(f"{at}: source: {attribution.source!r} is not a source of any operational directive")
+        raise CrmError(f"{at}: source: {attribution.source!r} is not a source of any operational directive serving {serving}")
     for each in (source, attribution.source):  # attribution joins the two on the customer
         if not _is_column(CUSTOMER, schemas[each], datafied[each]):
             raise CrmError(f"{at}: {schemas[each].name}'s silver table has no {CUSTOMER} to attribute by")

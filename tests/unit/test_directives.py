@@ -339,7 +339,7 @@ def _attribute_all(d, attribution):
         (lambda d: _attribute_all(d, {"source": "transaction"}),
          r"attributed_by: source: 'transaction' is the parameter's own source"),
         (lambda d: _attribute_all(d, {"source": "weblog"}),
-         r"attributed_by: source: 'weblog' is not a source of any operational directive"),
+         r"attributed_by: source: 'weblog' is not a source of any operational directive serving functional.customer_metrics"),
         (lambda d: d["breakdowns"][0].update(grain="channel"),  # orders carry a channel, web events do not
          r"breakdowns\[0\] \(by_campaign\): grain: 'channel' is not a column of web.v1's silver table"),
     ],
