@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from delta.tables import DeltaTable
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.util import inheritable_thread_target
 
 from pipelines.crfm.parameters import DAY, added_up, daily_partials, keys
 from pipelines.directives import Parameter
@@ -114,9 +116,15 @@ def update_partials(spark: SparkSession, silver: str, folds: list[Fold], checkpo
 
     def fold(batch: DataFrame, batch_id: int) -> None:
         batch = batch.persist()  # every table reads the batch's events: they are scanned once
+
+        def append(f: Fold) -> None:
+            appender.append(_stored(daily_partials(batch, list(f.params), f.grain)), f.table, batch_id)
+
         try:
-            for f in folds:
-                appender.append(_stored(daily_partials(batch, list(f.params), f.grain)), f.table, batch_id)
+            # Together: a small append is mostly Delta's commit, which leaves the cores idle.
+            # Inheriting the batch thread's job group lets stopping the query cancel them too.
+            with ThreadPoolExecutor(len(folds), thread_name_prefix="crfm-fold") as pool:
+                list(pool.map(inheritable_thread_target(append), folds))
         finally:
             batch.unpersist()
 
@@ -137,8 +145,8 @@ def update_partials(spark: SparkSession, silver: str, folds: list[Fold], checkpo
         # had not read: its other rows are only in the rewrite, a commit the stream skips.
         log.warning("rebuilding the partials of %s: silver files it had not read yet were erased (crm forget or purge)", Path(silver).name)
         return update_partials(spark, silver, folds, checkpoint, full=True)
-    for f in folds:
-        _compact_if_due(spark, f)
+    with ThreadPoolExecutor(len(folds), thread_name_prefix="crfm-compact") as pool:
+        list(pool.map(lambda f: _compact_if_due(spark, f), folds))
     new_events = sum(p["numInputRows"] for p in query.recentProgress)
     return PartialsRun(rebuilt, new_events)
 

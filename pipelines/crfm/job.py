@@ -47,6 +47,7 @@ class FunctionalRun:
 
 
 STREAMS_AT_ONCE = 4  # partials updates run together: a small one is mostly job start-up and commits
+STEPS_AT_ONCE = 3  # tables built together after the customer parameters
 
 
 def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveSet, functional: Loaded, full: bool = False) -> FunctionalRun:
@@ -111,33 +112,40 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     changed = DeltaTable.isDeltaTable(spark, out) and _directive_version(spark, out) != directive.version
     with timed(phases, "roll-up"):
         rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials or changed)
+    # Built from the parameters table or the partials, the other tables are independent of each other.
+    steps = {}
     if validity is not None:
 
         def variants():
             return parameter_variants(daily[""], directive, as_of(), validity.windows, parts()).select("*", *lineage())
 
-        with timed(phases, "variants"):
-            overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants, force=rebuilt)
+        steps["variants"] = lambda: overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants, force=rebuilt)
     if directive.segmentation is not None:
 
         def customer_segments():
             return segments(spark.read.format("delta").load(out), directive.segmentation, directive.grain)
 
-        with timed(phases, "segments"):
-            overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments, force=rebuilt)
-    if parts.cache_info().currsize:
-        for part in parts().values():
-            part.unpersist()
+        steps["segments"] = lambda: overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments, force=rebuilt)
     breakdowns = {}
     for b in directive.breakdowns:
         breakdowns[b.name] = functional_table(profile, directive.id, b.name)
 
-        def per_grain(each=measured[b.name]):
-            measures = customer_parameters(daily[b.name], each, as_of())
+        def per_grain(each=measured[b.name], partials=daily[b.name]):
+            measures = customer_parameters(partials, each, as_of())
             return (scores(measures, each.segmentation) if each.segmentation else measures).select("*", *lineage())
 
-        with timed(phases, b.name):
-            overwrite_unless_current(spark, breakdowns[b.name], source_version, per_grain, force=rebuilt)
+        steps[b.name] = lambda path=breakdowns[b.name], build=per_grain: overwrite_unless_current(spark, path, source_version, build, force=rebuilt)
+
+    def step(name: str) -> None:
+        with timed(phases, name):
+            steps[name]()
+
+    # Together: much of a small table's build is planning and Delta's commit, which leave the cores idle.
+    with ThreadPoolExecutor(STEPS_AT_ONCE, thread_name_prefix="crfm-tables") as pool:
+        list(pool.map(step, steps))
+    if parts.cache_info().currsize:
+        for part in parts().values():
+            part.unpersist()
     customers = spark.read.format("delta").load(out).count()
     new_events = sum(run.new_events for run in runs)
     if rebuilt:
