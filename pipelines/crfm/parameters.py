@@ -213,8 +213,9 @@ def attribute(per_day: DataFrame, touches: DataFrame, grain: str, within_days: i
     newest = part(_touch(grain), LAST)
     touched = touches.where(F.col(newest).isNotNull()).select(F.col(CUSTOMER).alias("_by"), F.col(DAY).alias("_on"), F.col(newest).alias("_touch"))
     near = (F.col("_by") == F.col(CUSTOMER)) & F.col("_on").between(F.date_sub(F.col(DAY), within_days), F.col(DAY))
-    last_touch = per_day.join(touched, near).groupBy(CUSTOMER, DAY).agg(F.max("_touch")["value"].alias(grain))
-    return per_day.join(last_touch, [CUSTOMER, DAY])
+    # per_day has one row per customer and day: the rows of a group carry the same partials.
+    kept = [F.first(c).alias(c) for c in per_day.columns if c not in (CUSTOMER, DAY)]
+    return per_day.join(touched, near).groupBy(CUSTOMER, DAY).agg(F.max("_touch")["value"].alias(grain), *kept)
 
 
 def _trust(daily: DataFrame, include_untrusted: bool) -> DataFrame:
