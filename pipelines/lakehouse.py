@@ -40,19 +40,14 @@ def table_version(spark: SparkSession, path: str) -> int:
     return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
 
 
-def holds_version(spark: SparkSession, path: str, source_version: int) -> bool:
-    """Whether the table at `path` exists and was built from `source_version` (see overwrite_unless_current)."""
-    if not DeltaTable.isDeltaTable(spark, path):
-        return False
-    return spark.read.format("delta").load(path).agg(F.max("source_version")).first()[0] == source_version
-
-
 def overwrite_unless_current(spark: SparkSession, path: str, source_version: int, build, force: bool = False) -> bool:
     """Overwrite the table at `path` with `build()` plus a `source_version` column, unless it
     already holds that version (and not `force`); True if it was rebuilt. For tables derived
     whole from others."""
-    if not force and holds_version(spark, path, source_version):
-        return False
+    if not force and DeltaTable.isDeltaTable(spark, path):
+        done = spark.read.format("delta").load(path).agg(F.max("source_version")).first()[0]
+        if done == source_version:
+            return False
     frame = build().withColumn("source_version", F.lit(source_version).cast("long"))
     frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
     return True

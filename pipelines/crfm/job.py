@@ -9,16 +9,16 @@ holds the parameters re-measured for them (see parameter_variants); with `segmen
 `<table>_segments` holds RFM scores, segments, k-means clusters and scores; each breakdown
 `by_<grain>` has its own partials and table `<table>_by_<grain>` (with its scores), with the
 same as_of. A new version of the directive recomputes them all, even on the same silver data.
-Each of these tables is built from the partials, not from another table, so they are built
-together (STEPS_AT_ONCE at a time) and a run's step times overlap.
+The tables after the customer parameters are independent of each other, so they are built
+together (STEPS_AT_ONCE at a time) and their step times overlap.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
@@ -29,7 +29,7 @@ from pipelines.crfm.incremental import Fold, update_partials
 from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, earlier_labels, feeds, joined, parameter_variants, source_parts
 from pipelines.crfm.segments import check_scores, scores, segments
 from pipelines.directives import DirectiveSet, Loaded
-from pipelines.lakehouse import holds_version, overwrite_unless_current, table_version
+from pipelines.lakehouse import overwrite_unless_current, table_version
 from pipelines.tables import functional_table, silver_table
 from pipelines.timing import describe, timed
 
@@ -87,8 +87,8 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     daily = {part: {name: spark.read.format("delta").load(partials_table(part, name)) for name in named} for part, named in fed.items()}
     out = functional_table(profile, directive.id)
 
-    @_once
-    def as_of():  # a job over the customer partials, run only when something is rebuilt; every table shares it
+    @cache
+    def as_of():  # a job over the customer partials, run only when something is rebuilt; breakdowns share it
         return as_of_time(directive, daily[""])
 
     def lineage():
@@ -102,22 +102,20 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     # The validity checks of the strategic directive this one serves re-measure the parameters.
     validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
 
-    @_once
-    def parts():  # the parameters, most variants and the segments are built on the same parts
+    @cache
+    def parts():  # cached: the parameters and most variants are joins of the same parts
         earlier = earlier_labels(validity.windows) if validity else None  # the earlier windows' variants, in the same pass
         return {s: part.persist() for s, part in source_parts(daily[""], directive, as_of(), earlier=earlier).items()}
 
-    @_once
-    def parameters():  # the table, and the segments' several passes over it
-        return joined(parts(), directive).persist()
+    def parameters():
+        return joined(parts(), directive).select("*", *lineage())
 
     # Another version of the directive may score, segment or re-measure differently on the same data.
     changed = DeltaTable.isDeltaTable(spark, out) and _directive_version(spark, out) != directive.version
-    rebuilt = rebuilt_partials or changed or not holds_version(spark, out, source_version)
-    # Every table is built from the partials, not from another of them: they are built together.
+    with timed(phases, "roll-up"):
+        rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials or changed)
+    # Built from the parameters table or the partials, the other tables are independent of each other.
     steps = {}
-    if rebuilt:
-        steps["roll-up"] = lambda: overwrite_unless_current(spark, out, source_version, lambda: parameters().select("*", *lineage()), force=True)
     if validity is not None:
 
         def variants():
@@ -127,7 +125,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     if directive.segmentation is not None:
 
         def customer_segments():
-            return segments(parameters(), directive.segmentation, directive.grain)
+            return segments(spark.read.format("delta").load(out), directive.segmentation, directive.grain)
 
         steps["segments"] = lambda: overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments, force=rebuilt)
     breakdowns = {}
@@ -144,11 +142,12 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         with timed(phases, name):
             steps[name]()
 
-    # Together: much of a table's build is planning and Delta's commit, which leave the cores idle.
+    # Together: much of a small table's build is planning and Delta's commit, which leave the cores idle.
     with ThreadPoolExecutor(STEPS_AT_ONCE, thread_name_prefix="crfm-tables") as pool:
         list(pool.map(step, steps))
-    for cached in [*(parts().values() if parts.done else ()), *([parameters()] if parameters.done else ())]:
-        cached.unpersist()
+    if parts.cache_info().currsize:
+        for part in parts().values():
+            part.unpersist()
     customers = spark.read.format("delta").load(out).count()
     new_events = sum(run.new_events for run in runs)
     if rebuilt:
@@ -157,23 +156,6 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
             directive.id, customers, source_version, new_events, describe(phases),
         )  # fmt: skip
     return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns)
-
-
-class _once:
-    """A function's value, computed on the first call from whichever thread and then kept."""
-
-    def __init__(self, compute):
-        self._compute = compute
-        self._lock = threading.Lock()
-        self._value = None
-        self.done = False
-
-    def __call__(self):
-        with self._lock:
-            if not self.done:
-                self._value = self._compute()
-                self.done = True
-            return self._value
 
 
 def _directive_version(spark: SparkSession, table: str) -> int | None:
