@@ -654,7 +654,7 @@ def _check_attribution(
     """The one attribution of a source's parameters in a breakdown (the partials are per source)."""
     params = [(i, p) for i, p in enumerate(breakdown.parameters) if p.source == source]
     attributions = {p.attributed_by for _, p in params}
-    i, param = next((i, p) for i, p in params if p.attributed_by is not None) if any(attributions) else params[0]
+    i, param = next(((i, p) for i, p in params if p.attributed_by is not None), params[0])  # the one named in errors
     at = f"{where}: parameters[{i}] ({param.name}): attributed_by"
     if len(attributions) > 1:
         raise CrmError(f"{at}: every {source} parameter of a breakdown is attributed the same way, or none is")
