@@ -159,6 +159,7 @@ class BatchWriter:
                     f"untrusted_{source}"
                 ),
                 F.max(F.when(valid, F.col(f"{source}.{self.time_column}"))).alias(f"newest_{source}"),
+                F.min(F.when(valid, F.col(f"{source}.{self.time_column}"))).alias(f"oldest_{source}"),
             ]
         sources_by_name = {source: topic for topic, source in self.topics.items()}
         return out + self.validator.aggregates(lambda source: (F.col("kafka_topic") == sources_by_name[source]) & F.col(source).isNotNull())
@@ -189,7 +190,7 @@ class BatchWriter:
             if totals[f"valid_{source}"]:
                 silver_rows = records.to_silver(staged, source, self.schemas[source], self.directive.sources[source].trust, self.key, batch_id)
                 mark = watermarks[source]
-                if mark:
+                if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
                     late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
                     silver_rows = silver_rows.where(F.col(self.time_column) >= F.lit(mark))
                 writes[f"silver {source}"] = lambda rows=silver_rows, source=source, mark=mark: self._write_silver(rows, source, mark, batch_id)

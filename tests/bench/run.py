@@ -15,7 +15,9 @@ with the project's own broker on a free 127.0.0.1 port and about 50k-record batc
 - scaling: `crm ingest` on local[1], local[2] and a standalone cluster of two one-core
   workers, records per second over the same batches (tests/bench/scale.py);
 - latency: a running passthrough and a running CROM, each fed at half its maximum rate,
-  timed from each record's Kafka timestamp to the Delta commit that shows it.
+  timed from each record's Kafka timestamp to the Delta commit that shows it;
+- small_batches: CROM's fixed cost, the batch writer fed 500-record batches directly, with
+  how many classes Spark compiled for each (latency is about 1.5 batches of this cost).
 
 Each variant's batches are also broken down by step (`<variant>_phase_ms_p50.<step>`), so a
 difference between variants can be attributed. Each CROM variant first runs over the first
@@ -38,6 +40,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from functools import reduce
 from pathlib import Path
 
@@ -59,7 +62,9 @@ from tests.bench import scale
 
 RESULTS = REPO_ROOT / "bench-results.json"
 LATENCY_SECONDS = 60
-PARTS = ("functional", "sentiment", "restart", "scaling", "latency")
+PARTS = ("functional", "sentiment", "restart", "scaling", "latency", "small_batches")
+SMALL_BATCHES, SMALL_BATCH_RECORDS, SMALL_BATCH_WARM_UP = 16, 500, 3
+KAFKA_ROW = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
 STEPS = {"parse_only": "", "validated": ", Great Expectations", "datafied": ", Great Expectations, log templates, text facts"}
 
 
@@ -155,6 +160,28 @@ def passthrough(spark, profile, topics: list[str], table: str, checkpoint: str, 
     )
     trigger = {"processingTime": profile.ingest.trigger_interval} if running else {"availableNow": True}
     return stream.trigger(**trigger).start(table)
+
+
+def small_batches(spark, profile, operational, schemas, stream: EventStream, work: Path) -> dict[str, float]:
+    """The seconds and code compilations of a small CROM batch: the batch writer called directly
+    with Kafka-shaped rows (no broker, no trigger), on tables of its own. Medians over the
+    batches after the first few, which create tables and compile the first classes."""
+    run = profile.model_copy(update={"lakehouse": work / "small-lakehouse", "checkpoints": work / "small-checkpoints"})
+    writer = BatchWriter(spark, run, operational, schemas)
+    compilations = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+    seconds, compiled = [], []
+    for batch_id in range(SMALL_BATCHES):
+        events = map(stream.event, range(batch_id * SMALL_BATCH_RECORDS, (batch_id + 1) * SMALL_BATCH_RECORDS))
+        now = datetime.now(timezone.utc)
+        batch = spark.createDataFrame([(e.key, e.value, e.topic, 0, e.index, now, 0) for e in events], KAFKA_ROW)
+        before, started = compilations.getCount(), time.monotonic()
+        writer(batch, batch_id)
+        seconds.append(time.monotonic() - started)
+        compiled.append(compilations.getCount() - before)
+    return {
+        "crom_small_batch_s_p50": statistics.median(seconds[SMALL_BATCH_WARM_UP:]),
+        "crom_small_batch_compilations_p50": statistics.median(compiled[SMALL_BATCH_WARM_UP:]),
+    }
 
 
 def latencies(spark, profile, stream: EventStream, first: int, results: dict, directives, work: Path) -> dict[str, float]:
@@ -338,6 +365,9 @@ def main() -> None:
             results.update(scale.scaling(profile, work))
         if "latency" in parts:
             results.update(latencies(spark, profile, stream, args.events, results, directives, work))
+        if "small_batches" in parts:
+            print(f"small batches: the CROM batch writer over {SMALL_BATCHES} batches of {SMALL_BATCH_RECORDS} records", flush=True)
+            results.update(small_batches(spark, profile, operational, directives.schemas, stream, work))
         results["bench_events"] = args.events
     finally:
         broker.stop(base, work / "broker")
