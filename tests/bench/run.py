@@ -12,8 +12,9 @@ with the project's own broker on a free 127.0.0.1 port and about 50k-record batc
 - restart: `crm ingest` killed with SIGKILL, restarted, timed to its first committed batch;
 - functional: the CRFM job over the datafied run's silver tables, incremental (the newest 1%
   of events folded into partials kept from the other 99%) against a full recompute;
-- scaling: `crm ingest` on local[1], local[2] and a standalone cluster of two one-core
-  workers, records per second over the same batches (tests/bench/scale.py);
+- scaling: `crm ingest` on local[1] pinned to one CPU, local[2] on two (and, for comparison,
+  local[1] on two) and a standalone cluster of two one-core workers, records per second over
+  the same batches (tests/bench/scale.py);
 - latency: a running passthrough and a running CROM, each fed at half its maximum rate,
   timed from each record's Kafka timestamp to the Delta commit that shows it;
 - small_batches: CROM's fixed cost, the batch writer fed 500-record batches directly, with
@@ -361,7 +362,7 @@ def main() -> None:
             print("restart: SIGKILL, restart, first committed batch", flush=True)
             results["restart_to_first_batch_s"] = scale.restart_to_first_batch(profile, work)
         if "scaling" in parts:
-            print(f"scaling: crm ingest on local[1], local[2] and a 2-worker standalone cluster, {scale.SCALING_BATCHES} batches each", flush=True)
+            print(f"scaling: crm ingest on local[1] (one CPU), local[2], local[1] on two CPUs and a 2-worker standalone cluster, {scale.SCALING_BATCHES} batches each", flush=True)
             results.update(scale.scaling(profile, work))
         if "latency" in parts:
             results.update(latencies(spark, profile, stream, args.events, results, directives, work))

@@ -28,8 +28,12 @@ def _ingest_env(profile, work: Path, name: str, **extra: str) -> dict:
     return crm_env(profile.model_copy(update={"lakehouse": work / f"{name}-lakehouse", "checkpoints": work / f"{name}-checkpoints"}), **extra)
 
 
-def _start_ingest(env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([CRM, "ingest", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def _start_ingest(env: dict, *args: str, cpus: set[int] | None = None) -> subprocess.Popen:
+    """`crm ingest` in its own process group; `cpus` pins it (and the JVM and Python workers it starts) to those CPUs."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    return subprocess.Popen(
+        [CRM, "ingest", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=pin
+    )
 
 
 def _wait(condition: Callable[[], bool], proc: subprocess.Popen | None, what: str, timeout_s: float = 900) -> None:
@@ -70,12 +74,12 @@ def _batches(progress: Path) -> list[dict]:
     return [line for line in lines if line["rows"]]
 
 
-def ingest_eps(profile, work: Path, name: str, *args: str, **env: str) -> float:
+def ingest_eps(profile, work: Path, name: str, *args: str, cpus: set[int] | None = None, **env: str) -> float:
     """Records per second of `crm ingest` over SCALING_BATCHES batches after a warm-up batch,
     from its own progress log (batch durations: the JVM's start is not counted)."""
     run_env = _ingest_env(profile, work, name, CRM_MAX_OFFSETS_PER_TRIGGER=str(SCALING_BATCH), **env)
     progress = Path(run_env["CRM_CHECKPOINTS"]) / "progress" / "crom_ingest.jsonl"
-    proc = _start_ingest(run_env, *args)
+    proc = _start_ingest(run_env, *args, cpus=cpus)
     try:
         _wait(lambda: len(_batches(progress)) > SCALING_BATCHES, proc, f"{SCALING_BATCHES + 1} batches of {name}")
     finally:
@@ -85,12 +89,27 @@ def ingest_eps(profile, work: Path, name: str, *args: str, **env: str) -> float:
 
 
 def scaling(profile, work: Path) -> dict[str, float]:
-    """CROM on one core, on two, and on a standalone cluster of two one-core workers."""
-    local1 = ingest_eps(profile, work, "local1", CRM_SPARK_MASTER="local[1]")
-    local2 = ingest_eps(profile, work, "local2", CRM_SPARK_MASTER="local[2]")
+    """CROM on one core, on two, and on a standalone cluster of two one-core workers.
+
+    local[1] limits only Spark's task slots: the driver's planning, code generation and
+    commits, and the Python workers, would still use every core. So the one-core run is also
+    pinned to one CPU, and the two-core run to two."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        raise RuntimeError(f"benchmark: scaling needs two CPUs, this process may use {len(available)}")
+    local1 = ingest_eps(profile, work, "local1", cpus=set(available[:1]), CRM_SPARK_MASTER="local[1]")
+    local2 = ingest_eps(profile, work, "local2", cpus=set(available[:2]), CRM_SPARK_MASTER="local[2]")
+    # For comparison with earlier runs: local[1] with both CPUs, as measured before the pinning.
+    local1_unpinned = ingest_eps(profile, work, "local1-unpinned", cpus=set(available[:2]), CRM_SPARK_MASTER="local[1]")
     with standalone(work / "cluster") as master:
         cluster = ingest_eps(profile, work, "cluster", "--conf", "cluster", CRM_SPARK_MASTER=master)
-    return {"local1_eps": local1, "local2_eps": local2, "scaling_local2_vs_local1": local2 / local1, "cluster_eps": cluster}
+    return {
+        "local1_eps": local1,
+        "local2_eps": local2,
+        "scaling_local2_vs_local1": local2 / local1,
+        "local1_two_cpus_eps": local1_unpinned,
+        "cluster_eps": cluster,
+    }
 
 
 def _commit_times(table: Path) -> dict[str, int]:
