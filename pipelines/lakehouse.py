@@ -16,9 +16,19 @@ log = logging.getLogger(__name__)
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
-def ensure_table(spark: SparkSession, path: str, schema: T.StructType) -> None:
-    """Create the table with its declared schema, or check an existing one still has it."""
+CHECKPOINT_INTERVAL_PROPERTY = "delta.checkpointInterval"
+
+
+def ensure_table(spark: SparkSession, path: str, schema: T.StructType, checkpoint_interval: int | None = None) -> None:
+    """Create the table with its declared schema, or check an existing one still has it.
+
+    `checkpoint_interval`: commits between Delta checkpoints (Delta's default is 10), set on
+    an existing table too."""
     if DeltaTable.isDeltaTable(spark, path):
+        if checkpoint_interval is not None:
+            table = DeltaTable.forPath(spark, path)
+            if table.detail().first()["properties"].get(CHECKPOINT_INTERVAL_PROPERTY) != str(checkpoint_interval):
+                spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{CHECKPOINT_INTERVAL_PROPERTY}' = '{checkpoint_interval}')")
         actual = {f.name: f.dataType for f in spark.read.format("delta").load(path).schema}
         for field in schema:
             if field.name not in actual:
@@ -30,7 +40,10 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType) -> None:
                 )
         return
     _clear_interrupted_create(spark, path)
-    DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
+    create = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+    if checkpoint_interval is not None:
+        create = create.property(CHECKPOINT_INTERVAL_PROPERTY, str(checkpoint_interval))
+    create.execute()
 
 
 def table_version(spark: SparkSession, path: str) -> int:

@@ -27,6 +27,16 @@ def test_an_existing_table_with_another_type_is_refused(spark, tmp_path):
         ensure_table(spark, path, T.StructType([T.StructField("id", T.StringType())]))
 
 
+def test_the_checkpoint_interval_is_set_on_new_and_existing_tables(spark, tmp_path):
+    interval = lambda path: DeltaTable.forPath(spark, path).detail().first()["properties"].get("delta.checkpointInterval")  # noqa: E731
+    new, existing = str(tmp_path / "new"), str(tmp_path / "existing")
+    ensure_table(spark, new, SCHEMA, checkpoint_interval=100)
+    ensure_table(spark, existing, SCHEMA)
+    assert (interval(new), interval(existing)) == ("100", None)
+    ensure_table(spark, existing, SCHEMA, checkpoint_interval=100)  # a table made before the setting
+    assert interval(existing) == "100"
+
+
 def test_a_batch_is_appended_once_even_by_a_new_appender(spark, tmp_path):
     path = str(tmp_path / "t")
     ensure_table(spark, path, SCHEMA)
