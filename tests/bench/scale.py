@@ -100,14 +100,14 @@ def scaling(profile, work: Path) -> dict[str, float]:
     local1 = ingest_eps(profile, work, "local1", cpus=set(available[:1]), CRM_SPARK_MASTER="local[1]")
     local2 = ingest_eps(profile, work, "local2", cpus=set(available[:2]), CRM_SPARK_MASTER="local[2]")
     # For comparison with earlier runs: local[1] with both CPUs, as measured before the pinning.
-    local1_unpinned = ingest_eps(profile, work, "local1-unpinned", cpus=set(available[:2]), CRM_SPARK_MASTER="local[1]")
+    local1_two_cpus = ingest_eps(profile, work, "local1-two-cpus", cpus=set(available[:2]), CRM_SPARK_MASTER="local[1]")
     with standalone(work / "cluster") as master:
         cluster = ingest_eps(profile, work, "cluster", "--conf", "cluster", CRM_SPARK_MASTER=master)
     return {
         "local1_eps": local1,
         "local2_eps": local2,
         "scaling_local2_vs_local1": local2 / local1,
-        "local1_two_cpus_eps": local1_unpinned,
+        "local1_two_cpus_eps": local1_two_cpus,
         "cluster_eps": cluster,
     }
 
