@@ -25,10 +25,8 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, checkpoin
     `checkpoint_interval`: commits between Delta checkpoints (Delta's default is 10), set on
     an existing table too."""
     if DeltaTable.isDeltaTable(spark, path):
-        if checkpoint_interval is not None:
-            table = DeltaTable.forPath(spark, path)
-            if table.detail().first()["properties"].get(CHECKPOINT_INTERVAL_PROPERTY) != str(checkpoint_interval):
-                spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{CHECKPOINT_INTERVAL_PROPERTY}' = '{checkpoint_interval}')")
+        if checkpoint_interval is not None and table_property(spark, path, CHECKPOINT_INTERVAL_PROPERTY) != str(checkpoint_interval):
+            spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{CHECKPOINT_INTERVAL_PROPERTY}' = '{checkpoint_interval}')")
         actual = {f.name: f.dataType for f in spark.read.format("delta").load(path).schema}
         for field in schema:
             if field.name not in actual:
@@ -44,6 +42,11 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, checkpoin
     if checkpoint_interval is not None:
         create = create.property(CHECKPOINT_INTERVAL_PROPERTY, str(checkpoint_interval))
     create.execute()
+
+
+def table_property(spark: SparkSession, path: str, key: str) -> str | None:
+    """A table property of an existing Delta table, or None when it is not set."""
+    return DeltaTable.forPath(spark, path).detail().first()["properties"].get(key)
 
 
 def table_version(spark: SparkSession, path: str) -> int:

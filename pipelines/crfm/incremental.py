@@ -34,7 +34,7 @@ from pyspark.util import inheritable_thread_target
 
 from pipelines.crfm.parameters import DAY, added_up, daily_partials, keys
 from pipelines.directives import Parameter
-from pipelines.lakehouse import BatchAppender
+from pipelines.lakehouse import BatchAppender, table_property
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,6 @@ def fingerprint(folds: list[Fold]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _stored_fingerprint(spark: SparkSession, table: str) -> str | None:
-    return DeltaTable.forPath(spark, table).detail().first()["properties"].get(FINGERPRINT)
-
-
 def _reason_to_rebuild(spark: SparkSession, folds: list[Fold], checkpoint: Path, print_: str) -> str | None:
     missing = [f.table for f in folds if not DeltaTable.isDeltaTable(spark, f.table)]
     if len(missing) == len(folds) and not checkpoint.exists():
@@ -85,7 +81,7 @@ def _reason_to_rebuild(spark: SparkSession, folds: list[Fold], checkpoint: Path,
         return "its checkpoint is missing"
     if missing:  # the stream cannot start one table from the beginning alone
         return f"{Path(missing[0]).name} is missing"
-    if any(_stored_fingerprint(spark, f.table) != print_ for f in folds):
+    if any(table_property(spark, f.table, FINGERPRINT) != print_ for f in folds):
         return "the directive's parameters changed"
     return None
 
