@@ -164,3 +164,20 @@ def test_evolution_policy_accepts_drift_with_a_flag_never_a_silent_null(spark, b
     assert row["drift"] == drift
     if code is None:
         assert row["amount"] == 12.5 and row["event_id"] == GOOD["event_id"]
+
+
+def test_the_parse_plan_is_optimised_in_a_few_passes(spark, base_profile):
+    """Each check's reason is a branch of one CASE, not a CASE nested per check: Spark's
+    optimizer pushes a test such as IS NULL (a lenient policy asks whether any check failed)
+    into nested CASEs one level per pass, and ran 30-40 passes over the parse plan in every
+    micro-batch."""
+    from pipelines.directives import Evolution
+
+    topics = {s: f"crm.{s}" for s in SOURCES}
+    by_topic = {topics[s]: load_schema(base_profile.schemas, f"{s}.v1") for s in SOURCES}
+    policy = {s: Evolution(extra_fields="accept", newer_versions="accept") for s in SOURCES}
+    df = spark.createDataFrame([("crm.web", "{}")], "kafka_topic string, value string")
+    execution = P.Parser(by_topic, evolution=policy)(df)._jdf.queryExecution()
+    execution.optimizedPlan()
+    passes = execution.tracker().rules().get("org.apache.spark.sql.catalyst.optimizer.ConstantFolding").get().numInvocations()
+    assert passes <= 8
