@@ -27,6 +27,7 @@ from pipelines.crom.logs import mine_templates
 from pipelines.crom.orders import datafy_orders, read_rates
 from pipelines.crom.parse import Parser
 from pipelines.crom.progress import ProgressListener
+from pipelines.crom.seen import SeenEvents, seen_ids
 from pipelines.crom.sentiment_model import load_model
 from pipelines.crom.text import datafy_text
 from pipelines.crom.web import datafy_web
@@ -73,13 +74,14 @@ class BatchWriter:
         self.tables = CromTables.of(profile, list(directive.sources))
         self.appender = BatchAppender(spark, APP_ID, enabled=profile.ingest.idempotent_writes)
         self.time_column = directive.watermark.column
+        self.seen_events = SeenEvents(spark, self.tables.silver, self.time_column)
         self.delay = timedelta(hours=directive.watermark.delay_hours)
         rules = compile_rules(directive.sources, str(operational.path))
         self.rule_columns = {
             name: sorted({c for r in rules if r.source == name for c in r.rule.columns()}) for name in directive.sources
         }
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
-        self._seen: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
+        self._newest: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
         self.phase_history: dict[int, dict[str, float]] = {}  # batch id -> seconds per phase, for `make bench`
         self.batch_counts: dict[int, dict] = {}  # batch id -> records, quarantined, watermarks, for the progress listener
         # Column expressions are built once: building them costs thousands of JVM calls.
@@ -198,15 +200,19 @@ class BatchWriter:
         if any(totals[f"records_{s}"] > totals[f"valid_{s}"] for s in self.topics.values()):
             quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
             writes["quarantine"] = lambda: self.appender.append(quarantine, self.tables.quarantine, batch_id)
-        late_frames = []
-        for source in self.topics.values():
-            if totals[f"valid_{source}"]:
-                silver_rows = records.to_silver(staged, source, self.schemas[source], self.directive.sources[source].trust, self.key, batch_id)
-                mark = watermarks[source]
-                if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
-                    late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
-                    silver_rows = silver_rows.where(F.col(self.time_column) >= F.lit(mark))
-                writes[f"silver {source}"] = lambda rows=silver_rows, source=source, mark=mark: self._write_silver(rows, source, mark, batch_id)
+        late_frames, offered = [], []
+        with_rows = [source for source in self.topics.values() if totals[f"valid_{source}"]]
+        in_silver = self.seen_events.before(batch_id, watermarks) if with_rows else {}
+        for source in with_rows:
+            silver_rows = records.to_silver(staged, source, self.schemas[source], self.directive.sources[source].trust, self.key, batch_id)
+            offered.append(seen_ids(silver_rows, source, self.time_column))
+            mark = watermarks[source]
+            if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
+                late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
+                silver_rows = silver_rows.where(F.col(self.time_column) >= F.lit(mark))
+            writes[f"silver {source}"] = lambda rows=silver_rows, source=source: self._write_silver(rows, in_silver[source], source, batch_id)
+        if offered:
+            writes["seen ids"] = lambda: self.seen_events.add(batch_id, reduce(DataFrame.unionByName, offered))
         if late_frames:
             writes["late"] = lambda: self._append_late(late_frames, batch_id)
         with self._phase("tables"), ThreadPoolExecutor(len(writes), thread_name_prefix="crom-write") as pool:
@@ -226,7 +232,7 @@ class BatchWriter:
                     silver_rows=inserted,
                     quarantined=totals[f"records_{source}"] - valid,
                     untrusted=totals[f"untrusted_{source}"],
-                    max_event_time=self._seen[1].get(source),
+                    max_event_time=self._newest[1].get(source),
                     watermark=watermarks[source],
                     late=late.get(source, 0),
                     duplicates=valid - late.get(source, 0) - inserted,
@@ -242,9 +248,9 @@ class BatchWriter:
         with timed(self.table_seconds, table):
             return write()
 
-    def _write_silver(self, on_time: DataFrame, source: str, mark: datetime | None, batch_id: int) -> int:
+    def _write_silver(self, on_time: DataFrame, seen: DataFrame, source: str, batch_id: int) -> int:
         """New on-time rows of a source, datafied, to its silver table; how many were new."""
-        new_rows = self._new_silver_rows(on_time, source, batch_id, mark)
+        new_rows = _new_rows(on_time, seen)
         return self._append_counted(new_rows, self.tables.silver[source], batch_id, lambda rows: self._datafied(rows, source))
 
     def _watermarks(self, totals: Row, batch_id: int) -> dict[str, datetime | None]:
@@ -253,7 +259,7 @@ class BatchWriter:
         Earlier batches' newest times come from batch_audit (batch ids below this one), so a
         replayed batch gets the same watermark; they are kept in memory between batches.
         """
-        last, newest = self._seen
+        last, newest = self._newest
         if last != batch_id - 1:
             rows = (
                 self.spark.read.format("delta").load(self.tables.batch_audit)
@@ -267,7 +273,7 @@ class BatchWriter:
             here = totals[f"newest_{source}"]
             if here is not None and (source not in newest or here > newest[source]):
                 newest[source] = here
-        self._seen = (batch_id, newest)
+        self._newest = (batch_id, newest)
         return {s: (newest[s] - self.delay if s in newest else None) for s in self.topics.values()}
 
     def _append_counted(self, rows: DataFrame, path: str, batch_id: int, derive=lambda rows: rows) -> int:
@@ -304,19 +310,13 @@ class BatchWriter:
             rows = datafy_web(rows, w.page, w.referrer, w.user_agent, utm, w.site_hosts)
         return rows
 
-    def _new_silver_rows(self, on_time: DataFrame, source: str, batch_id: int, mark: datetime | None) -> DataFrame:
-        """Rows whose event_id is new: not in this batch twice, not in silver within the watermark.
 
-        Rows an earlier attempt of this same batch wrote are not "before", so a replayed
-        batch computes the same rows (and BatchAppender then skips its append).
-        """
-        candidates = on_time.dropDuplicates(["event_id"])
-        earlier = self.spark.read.format("delta").load(self.tables.silver[source]).where(F.col("batch_id") != F.lit(batch_id))
-        if mark is not None:
-            earlier = earlier.where(F.col(self.time_column) >= F.lit(mark))  # file stats skip older data
-        # Both joins broadcast the batch-sized side, so silver's ids are scanned, never shuffled.
-        seen = earlier.select("event_id").join(F.broadcast(candidates.select("event_id")), "event_id", "left_semi")
-        return candidates.join(F.broadcast(seen), "event_id", "left_anti")
+def _new_rows(on_time: DataFrame, seen: DataFrame) -> DataFrame:
+    """Rows whose event_id is new: not in this batch twice, not among the `seen` ids."""
+    candidates = on_time.dropDuplicates(["event_id"])
+    # Both joins broadcast the batch-sized side, so the seen ids are scanned, never shuffled.
+    seen_here = seen.join(F.broadcast(candidates.select("event_id")), "event_id", "left_semi")
+    return candidates.join(F.broadcast(seen_here), "event_id", "left_anti")
 
 
 def _refuse_wiped_checkpoint(writer: BatchWriter, checkpoint: str) -> None:
@@ -420,6 +420,7 @@ def run_ingest(
         finally:
             listener.close()  # the last batch's progress arrives after awaitTermination returns
             spark.streams.removeListener(listener)
+            writer.seen_events.release()
         failure = query.exception()
         if failure is None:
             return

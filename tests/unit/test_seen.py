@@ -1,0 +1,69 @@
+"""The ids the duplicate check compares against: silver's at the run's first batch, then each batch's own."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pyspark.sql import types as T
+
+from pipelines.crom import seen
+from pipelines.crom.seen import SeenEvents, seen_ids
+
+SILVER = T.StructType(
+    [
+        T.StructField("event_id", T.StringType()),
+        T.StructField("event_time", T.TimestampType()),
+        T.StructField("batch_id", T.LongType()),
+    ]
+)
+DAY = lambda d: datetime(2026, 1, d)  # noqa: E731
+
+
+def _silver(spark, tmp_path, rows):
+    path = str(tmp_path / "silver")
+    spark.createDataFrame(rows, SILVER).write.format("delta").save(path)
+    return path
+
+
+def _offered(spark, batch_id, ids, day=5):
+    rows = spark.createDataFrame([(i, DAY(day), batch_id) for i in ids], SILVER)
+    return seen_ids(rows, "web", "event_time")
+
+
+def _ids(frames) -> set[str]:
+    return {r["event_id"] for r in frames["web"].collect()}
+
+
+def test_a_batch_sees_silver_and_the_batches_before_it_but_not_itself(spark, tmp_path):
+    # Batch 2 crashed after writing "c" to silver: its replay must not count "c" as a duplicate.
+    path = _silver(spark, tmp_path, [("a", DAY(1), 0), ("b", DAY(2), 1), ("c", DAY(3), 2)])
+    events = SeenEvents(spark, {"web": path}, "event_time")
+    assert _ids(events.before(2, {"web": None})) == {"a", "b"}
+    events.add(2, _offered(spark, 2, ["c", "d"]))
+    assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}
+    events.add(3, _offered(spark, 3, ["e"]))
+    assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}  # batch 3 replayed
+    assert _ids(events.before(3, {"web": DAY(2)})) == {"b", "c", "d"}  # "a" is older than the watermark
+    events.release()
+
+
+def test_merging_the_pieces_keeps_every_id(spark, tmp_path):
+    path = _silver(spark, tmp_path, [("a", DAY(1), 0)])
+    events = SeenEvents(spark, {"web": path}, "event_time")
+    expected = {"a"}
+    for batch_id in range(1, seen.MAX_PIECES + 4):
+        assert _ids(events.before(batch_id, {"web": None})) == expected
+        events.add(batch_id, _offered(spark, batch_id, [f"id{batch_id}"]))
+        expected.add(f"id{batch_id}")
+    assert len(events._pieces) <= seen.MAX_PIECES + 1
+    assert _ids(events.before(batch_id + 1, {"web": None})) == expected
+    events.release()
+
+
+def test_a_batch_before_the_cached_ones_reads_silver_again(spark, tmp_path):
+    path = _silver(spark, tmp_path, [("a", DAY(1), 0), ("b", DAY(2), 4)])
+    events = SeenEvents(spark, {"web": path}, "event_time")
+    assert _ids(events.before(5, {"web": None})) == {"a", "b"}
+    # A query restarted on an older checkpoint with the same writer: silver decides again.
+    assert _ids(events.before(4, {"web": None})) == {"a"}
+    events.release()
