@@ -27,7 +27,7 @@ from pipelines.crom.logs import mine_templates
 from pipelines.crom.orders import datafy_orders, read_rates
 from pipelines.crom.parse import Parser
 from pipelines.crom.progress import ProgressListener
-from pipelines.crom.seen import SeenEvents, seen_ids
+from pipelines.crom.seen import SeenEvents, event_micros
 from pipelines.crom.sentiment_model import load_model
 from pipelines.crom.text import datafy_text
 from pipelines.crom.web import datafy_web
@@ -200,19 +200,16 @@ class BatchWriter:
         if any(totals[f"records_{s}"] > totals[f"valid_{s}"] for s in self.topics.values()):
             quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
             writes["quarantine"] = lambda: self.appender.append(quarantine, self.tables.quarantine, batch_id)
-        late_frames, offered = [], []
+        late_frames = []
         with_rows = [source for source in self.topics.values() if totals[f"valid_{source}"]]
         in_silver = self.seen_events.before(batch_id, watermarks) if with_rows else {}
         for source in with_rows:
             silver_rows = records.to_silver(staged, source, self.schemas[source], self.directive.sources[source].trust, self.key, batch_id)
-            offered.append(seen_ids(silver_rows, source, self.time_column))
             mark = watermarks[source]
             if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
                 late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
                 silver_rows = silver_rows.where(F.col(self.time_column) >= F.lit(mark))
             writes[f"silver {source}"] = lambda rows=silver_rows, source=source: self._write_silver(rows, in_silver[source], source, batch_id)
-        if offered:
-            writes["seen ids"] = lambda: self.seen_events.add(batch_id, reduce(DataFrame.unionByName, offered))
         if late_frames:
             writes["late"] = lambda: self._append_late(late_frames, batch_id)
         with self._phase("tables"), ThreadPoolExecutor(len(writes), thread_name_prefix="crom-write") as pool:
@@ -249,9 +246,20 @@ class BatchWriter:
             return write()
 
     def _write_silver(self, on_time: DataFrame, seen: DataFrame, source: str, batch_id: int) -> int:
-        """New on-time rows of a source, datafied, to its silver table; how many were new."""
+        """New on-time rows of a source, datafied, to its silver table; how many were new.
+
+        Their ids are observed during the write (no job of their own) for later batches' duplicate check.
+        """
         new_rows = _new_rows(on_time, seen)
-        return self._append_counted(new_rows, self.tables.silver[source], batch_id, lambda rows: self._datafied(rows, source))
+        observation = Observation()
+        ids = F.collect_list(F.struct(F.col("event_id"), event_micros(F.col(self.time_column))))
+        written = self._datafied(new_rows, source).observe(observation, ids.alias("ids"))
+        if self.appender.append(written, self.tables.silver[source], batch_id):
+            ids = observation.get["ids"]
+        else:  # a replay: the rows are already there; list them without deriving again
+            ids = new_rows.select("event_id", event_micros(F.col(self.time_column))).collect()
+        self.seen_events.add(batch_id, source, ids)
+        return len(ids)
 
     def _watermarks(self, totals: Row, batch_id: int) -> dict[str, datetime | None]:
         """Per source: the newest event time up to and including this batch, minus the delay.
@@ -275,13 +283,6 @@ class BatchWriter:
                 newest[source] = here
         self._newest = (batch_id, newest)
         return {s: (newest[s] - self.delay if s in newest else None) for s in self.topics.values()}
-
-    def _append_counted(self, rows: DataFrame, path: str, batch_id: int, derive=lambda rows: rows) -> int:
-        """Append `derive(rows)` and return the row count, observed during the write instead of a second job."""
-        observation = Observation()
-        if self.appender.append(derive(rows).observe(observation, F.count(F.lit(1)).alias("rows")), path, batch_id):
-            return observation.get["rows"]
-        return rows.count()  # a replay: the rows are already there; count them without deriving again
 
     def _append_late(self, frames: list[DataFrame], batch_id: int) -> dict[str, int]:
         if not frames:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from pyspark.sql import types as T
 
 from pipelines.crom import seen
-from pipelines.crom.seen import SeenEvents, seen_ids
+from pipelines.crom.seen import SeenEvents
 
 SILVER = T.StructType(
     [
@@ -25,9 +25,8 @@ def _silver(spark, tmp_path, rows):
     return path
 
 
-def _offered(spark, batch_id, ids, day=5):
-    rows = spark.createDataFrame([(i, DAY(day), batch_id) for i in ids], SILVER)
-    return seen_ids(rows, "web", "event_time")
+def _written(ids):
+    return [(i, int(DAY(5).replace(tzinfo=timezone.utc).timestamp() * 1_000_000)) for i in ids]
 
 
 def _ids(frames) -> set[str]:
@@ -39,9 +38,9 @@ def test_a_batch_sees_silver_and_the_batches_before_it_but_not_itself(spark, tmp
     path = _silver(spark, tmp_path, [("a", DAY(1), 0), ("b", DAY(2), 1), ("c", DAY(3), 2)])
     events = SeenEvents(spark, {"web": path}, "event_time")
     assert _ids(events.before(2, {"web": None})) == {"a", "b"}
-    events.add(2, _offered(spark, 2, ["c", "d"]))
+    events.add(2, "web", _written(["c", "d"]))
     assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}
-    events.add(3, _offered(spark, 3, ["e"]))
+    events.add(3, "web", _written(["e"]))
     assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}  # batch 3 replayed
     assert _ids(events.before(3, {"web": DAY(2)})) == {"b", "c", "d"}  # "a" is older than the watermark
     events.release()
@@ -53,7 +52,7 @@ def test_merging_the_pieces_keeps_every_id(spark, tmp_path):
     expected = {"a"}
     for batch_id in range(1, seen.MAX_PIECES + 4):
         assert _ids(events.before(batch_id, {"web": None})) == expected
-        events.add(batch_id, _offered(spark, batch_id, [f"id{batch_id}"]))
+        events.add(batch_id, "web", _written([f"id{batch_id}"]))
         expected.add(f"id{batch_id}")
     assert len(events._pieces) <= seen.MAX_PIECES + 1
     assert _ids(events.before(batch_id + 1, {"web": None})) == expected
