@@ -16,8 +16,9 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-# Batches kept as separate pieces before they are merged into one: every piece is one more
-# scan to plan in each later batch.
+# Batches kept as separate pieces before they are merged into one cached frame, so memory
+# holds a bounded number of small plans. Merging after every batch measured no different
+# (7.33 against 7.13 s a 500-record batch): 8 is a trade-off, not a measured optimum.
 MAX_PIECES = 8
 
 
@@ -41,7 +42,10 @@ class SeenEvents:
         self.silver = silver  # source -> silver table path
         self.time_column = time_column
         self._base: DataFrame | None = None
-        self._base_before = -1  # `_base` holds no ids of this batch or later
+        # `_base` holds no ids of this batch id: silver is read leaving it out, and merged pieces
+        # are of earlier batches. Read from silver it may hold ids of later batch ids written
+        # under another checkpoint; `_refuse_wiped_checkpoint` refuses to start on such tables.
+        self._base_before = -1
         self._pieces: list[tuple[int, DataFrame]] = []  # (batch id, ids it wrote to one source)
         self._adding = threading.Lock()  # a batch's silver tables are written, and add, in parallel
 

@@ -286,6 +286,9 @@ def main() -> None:
         parser.error(f"--parts: choose from {', '.join(PARTS)}")
     if {"functional", "latency"} & parts and "datafied" not in chosen:
         parser.error("--parts functional and latency need the datafied variant")
+    scaling_needs = (scale.SCALING_BATCHES + 2) * scale.SCALING_BATCH  # a warm-up batch, and one to spare so the last is full
+    if "scaling" in parts and args.events < scaling_needs:
+        parser.error(f"--parts scaling needs at least {scaling_needs:,} events: a warm-up and {scale.SCALING_BATCHES} full batches of {scale.SCALING_BATCH:,}")
     full = set(chosen) == set(STEPS) and parts == set(PARTS)
 
     work = Path(tempfile.mkdtemp(prefix="crm-bench-"))
