@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from functools import reduce
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -27,7 +30,7 @@ from pipelines.crom.logs import mine_templates
 from pipelines.crom.orders import datafy_orders, read_rates
 from pipelines.crom.parse import Parser
 from pipelines.crom.progress import ProgressListener
-from pipelines.crom.seen import SeenEvents, event_micros
+from pipelines.crom.seen import SeenEvents, event_micros, new_events
 from pipelines.crom.sentiment_model import load_model
 from pipelines.crom.text import datafy_text
 from pipelines.crom.web import datafy_web
@@ -200,39 +203,47 @@ class BatchWriter:
         if any(totals[f"records_{s}"] > totals[f"valid_{s}"] for s in self.topics.values()):
             quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
             writes["quarantine"] = lambda: self.appender.append(quarantine, self.tables.quarantine, batch_id)
-        late_frames = []
+        late_frames, silver = [], {}
         with_rows = [source for source in self.topics.values() if totals[f"valid_{source}"]]
-        in_silver = self.seen_events.before(batch_id, watermarks) if with_rows else {}
         for source in with_rows:
             silver_rows = records.to_silver(staged, source, self.schemas[source], self.directive.sources[source].trust, self.key, batch_id)
             mark = watermarks[source]
             if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
                 late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
-                silver_rows = silver_rows.where(F.col(self.time_column) >= F.lit(mark))
-            writes[f"silver {source}"] = lambda rows=silver_rows, source=source: self._write_silver(rows, in_silver[source], source, batch_id)
+            silver[source] = silver_rows  # `_new_events` keeps the on-time rows
         if late_frames:
             writes["late"] = lambda: self._append_late(late_frames, batch_id)
-        with self._phase("tables"), ThreadPoolExecutor(len(writes), thread_name_prefix="crom-write") as pool:
+        with self._phase("tables"), ThreadPoolExecutor(len(writes) + len(silver), thread_name_prefix="crom-write") as pool:
             # Inheriting the batch thread's job group lets stopping the query cancel these jobs too.
             write_table = inheritable_thread_target(self._timed)
             running = {name: pool.submit(write_table, name, write) for name, write in writes.items()}
+            # Meanwhile, which rows are new: one check for every source, so that each silver
+            # write is a single job.
+            new = self._new_events(staged, with_rows, watermarks, batch_id) if silver else None
+            for source, rows in silver.items():
+                keys = self.spark.createDataFrame(new.filter(pc.equal(new["source"], source)).select(["kafka_partition", "kafka_offset"]))
+                write = lambda rows=rows, keys=keys, source=source: self._write_silver(rows, keys, source, batch_id)
+                running[f"silver {source}"] = pool.submit(write_table, f"silver {source}", write)
         done = {name: future.result() for name, future in running.items()}  # the first failure, if any, raises here
+        if new is not None:
+            self.seen_events.add(batch_id, new)
+        inserted = Counter(new["source"].to_pylist()) if new is not None else {}
         late = done.get("late", {})
         counts = []
         for source in self.topics.values():
-            valid, inserted = totals[f"valid_{source}"], done.get(f"silver {source}", 0)
+            valid = totals[f"valid_{source}"]
             counts.append(
                 dict(
                     batch_id=batch_id,
                     source=source,
                     records=totals[f"records_{source}"],
-                    silver_rows=inserted,
+                    silver_rows=inserted.get(source, 0),
                     quarantined=totals[f"records_{source}"] - valid,
                     untrusted=totals[f"untrusted_{source}"],
                     max_event_time=self._newest[1].get(source),
                     watermark=watermarks[source],
                     late=late.get(source, 0),
-                    duplicates=valid - late.get(source, 0) - inserted,
+                    duplicates=valid - late.get(source, 0) - inserted.get(source, 0),
                     finished_at=datetime.now(timezone.utc),
                 )
             )
@@ -245,21 +256,29 @@ class BatchWriter:
         with timed(self.table_seconds, table):
             return write()
 
-    def _write_silver(self, on_time: DataFrame, seen: DataFrame, source: str, batch_id: int) -> int:
-        """New on-time rows of a source, datafied, to its silver table; how many were new.
+    def _new_events(self, staged: DataFrame, sources: list[str], watermarks: dict, batch_id: int) -> pa.Table:
+        """(source, event_id, kafka_partition, kafka_offset, event_micros) of the rows each
+        source's silver table gets: valid, on time, and new."""
+        with timed(self.phases, "new ids"):
+            on_time = {}
+            for source in sources:
+                mark, event_time = watermarks[source], F.col(f"{source}.{self.time_column}")
+                on_time[source] = records.routed_valid(source) & (event_time >= F.lit(mark) if mark else F.lit(True))
+            # One scan of the staged batch, not one per source: each task over the wide staged row costs more than its data.
+            of_source = lambda value: reduce(lambda other, s: F.when(on_time[s], value(s)).otherwise(other), sources, F.lit(None))  # noqa: E731
+            candidates = staged.where(reduce(Column.__or__, on_time.values())).select(
+                of_source(F.lit).cast("string").alias("source"),
+                of_source(lambda s: F.col(f"{s}.event_id")).alias("event_id"),
+                "kafka_partition",
+                "kafka_offset",
+                of_source(lambda s: event_micros(F.col(f"{s}.{self.time_column}"))).alias("event_micros"),
+            )
+            return new_events(candidates, self.seen_events.before(batch_id, watermarks)).toArrow()
 
-        Their ids are observed during the write (no job of their own) for later batches' duplicate check.
-        """
-        new_rows = _new_rows(on_time, seen)
-        observation = Observation()
-        ids = F.collect_list(F.struct(F.col("event_id"), event_micros(F.col(self.time_column))))
-        written = self._datafied(new_rows, source).observe(observation, ids.alias("ids"))
-        if self.appender.append(written, self.tables.silver[source], batch_id):
-            ids = observation.get["ids"]
-        else:  # a replay: the rows are already there; list them without deriving again
-            ids = new_rows.select("event_id", event_micros(F.col(self.time_column))).collect()
-        self.seen_events.add(batch_id, source, ids)
-        return len(ids)
+    def _write_silver(self, rows: DataFrame, keys: DataFrame, source: str, batch_id: int) -> None:
+        """The source's rows whose Kafka partition and offset are among `keys`, datafied, to its silver table."""
+        kept = rows.join(F.broadcast(keys), ["kafka_partition", "kafka_offset"], "left_semi")
+        self.appender.append(self._datafied(kept, source), self.tables.silver[source], batch_id)
 
     def _watermarks(self, totals: Row, batch_id: int) -> dict[str, datetime | None]:
         """Per source: the newest event time up to and including this batch, minus the delay.
@@ -310,14 +329,6 @@ class BatchWriter:
             utm = {"source": w.utm_source, "medium": w.utm_medium, "campaign": w.utm_campaign}
             rows = datafy_web(rows, w.page, w.referrer, w.user_agent, utm, w.site_hosts)
         return rows
-
-
-def _new_rows(on_time: DataFrame, seen: DataFrame) -> DataFrame:
-    """Rows whose event_id is new: not in this batch twice, not among the `seen` ids."""
-    candidates = on_time.dropDuplicates(["event_id"])
-    # Both joins broadcast the batch-sized side, so the seen ids are scanned, never shuffled.
-    seen_here = seen.join(F.broadcast(candidates.select("event_id")), "event_id", "left_semi")
-    return candidates.join(F.broadcast(seen_here), "event_id", "left_anti")
 
 
 def _refuse_wiped_checkpoint(writer: BatchWriter, checkpoint: str) -> None:

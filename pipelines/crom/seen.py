@@ -8,7 +8,6 @@ once per run instead; each batch then adds the ids it wrote.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from functools import reduce
 
@@ -46,29 +45,24 @@ class SeenEvents:
         # are of earlier batches. Read from silver it may hold ids of later batch ids written
         # under another checkpoint; `_refuse_wiped_checkpoint` refuses to start on such tables.
         self._base_before = -1
-        self._pieces: list[tuple[int, DataFrame]] = []  # (batch id, ids it wrote to one source)
-        self._adding = threading.Lock()  # a batch's silver tables are written, and add, in parallel
+        self._pieces: list[tuple[int, DataFrame]] = []  # (batch id, ids it wrote)
 
-    def before(self, batch_id: int, marks: dict[str, datetime | None]) -> dict[str, DataFrame]:
-        """Per source, the event ids silver held before `batch_id`, at or after its watermark."""
+    def before(self, batch_id: int, marks: dict[str, datetime | None]) -> DataFrame:
+        """(source, event_id) of every id silver held before `batch_id`, at or after its source's watermark."""
         if self._base is None or batch_id < self._base_before:
             self._replace(self._read_silver(batch_id, marks), batch_id)
         else:
             self._drop_pieces_from(batch_id)
-            if len({b for b, _ in self._pieces}) > MAX_PIECES:
+            if len(self._pieces) > MAX_PIECES:
                 self._replace(self._cached(self._within(self._all(), marks)), batch_id)
-        seen = self._within(self._all(), marks)
-        return {source: seen.where(F.col("source") == source).select("event_id") for source in self.silver}
+        return self._within(self._all(), marks).select("source", "event_id")
 
-    def add(self, batch_id: int, source: str, written: list[tuple[str, int]]) -> None:
-        """Keep the (event_id, event_micros) of the rows batch `batch_id` wrote to a source's silver."""
-        if written:
-            event_ids, micros = zip(*written)
+    def add(self, batch_id: int, written: pa.Table) -> None:
+        """Keep the (source, event_id, event_micros) of the rows batch `batch_id` wrote to silver."""
+        if written.num_rows:
             # From Arrow, a local relation: its rows live in the plan, and scanning them needs
             # no job and no Python worker (from Python tuples, every scan ran one).
-            table = pa.table({"source": [source] * len(written), "event_id": event_ids, "event_micros": micros})
-            with self._adding:
-                self._pieces.append((batch_id, self.spark.createDataFrame(table)))
+            self._pieces.append((batch_id, self.spark.createDataFrame(written.select(["source", "event_id", "event_micros"]))))
 
     def release(self) -> None:
         """Free the cached ids; the next `before` reads silver again."""
@@ -83,8 +77,8 @@ class SeenEvents:
         return self._cached(self._within(reduce(DataFrame.unionByName, frames), marks))
 
     def _cached(self, ids: DataFrame) -> DataFrame:
-        """`ids` computed once, in one partition per core: every batch scans them, four times,
-        and a partition per file or piece made as many tasks."""
+        """`ids` computed once, in one partition per core: every batch scans them, and a
+        partition per file or piece made as many tasks."""
         return ids.coalesce(self.spark.sparkContext.defaultParallelism).localCheckpoint(eager=True)
 
     def _replace(self, base: DataFrame | None, before: int) -> None:
@@ -106,3 +100,17 @@ class SeenEvents:
             if mark is not None:
                 kept = kept & ((F.col("source") != source) | (F.col("event_micros") >= event_micros(F.lit(mark))))
         return ids.where(kept)
+
+
+def new_events(candidates: DataFrame, seen: DataFrame) -> DataFrame:
+    """The rows to write, one per new (source, event_id): not among the `seen` ids, and the first
+    of the batch's copies (lowest Kafka partition, then offset), so a replay picks the same one.
+
+    `candidates` has source, event_id, kafka_partition, kafka_offset and event_micros.
+    """
+    keys = ["source", "event_id"]
+    # Both joins broadcast the batch-sized side, so the seen ids are scanned, never shuffled.
+    seen_here = seen.join(F.broadcast(candidates.select(*keys)), keys, "left_semi")
+    fresh = candidates.join(F.broadcast(seen_here), keys, "left_anti")
+    first = F.min(F.struct("kafka_partition", "kafka_offset", "event_micros")).alias("first")
+    return fresh.groupBy(*keys).agg(first).select(*keys, "first.*")

@@ -286,9 +286,12 @@ def main() -> None:
         parser.error(f"--parts: choose from {', '.join(PARTS)}")
     if {"functional", "latency"} & parts and "datafied" not in chosen:
         parser.error("--parts functional and latency need the datafied variant")
-    scaling_needs = (scale.SCALING_BATCHES + 2) * scale.SCALING_BATCH  # a warm-up batch, and one to spare so the last is full
+    scaling_needs = (scale.SCALING_WARM_UP + scale.SCALING_BATCHES + 1) * scale.SCALING_BATCH  # one to spare: the last measured batch is full
     if "scaling" in parts and args.events < scaling_needs:
-        parser.error(f"--parts scaling needs at least {scaling_needs:,} events: a warm-up and {scale.SCALING_BATCHES} full batches of {scale.SCALING_BATCH:,}")
+        parser.error(
+            f"--parts scaling needs at least {scaling_needs:,} events: {scale.SCALING_WARM_UP} warm-up and "
+            f"{scale.SCALING_BATCHES} measured batches of {scale.SCALING_BATCH:,}, and one to spare"
+        )
     full = set(chosen) == set(STEPS) and parts == set(PARTS)
 
     work = Path(tempfile.mkdtemp(prefix="crm-bench-"))
@@ -365,7 +368,7 @@ def main() -> None:
             print("restart: SIGKILL, restart, first committed batch", flush=True)
             results["restart_to_first_batch_s"] = scale.restart_to_first_batch(profile, work)
         if "scaling" in parts:
-            print(f"scaling: crm ingest on local[1] (one CPU), local[2], local[1] on two CPUs and a 2-worker standalone cluster, {scale.SCALING_BATCHES} batches each", flush=True)
+            print(f"scaling: crm ingest on local[1] (one CPU), local[2], local[1] on two CPUs and a 2-worker standalone cluster, {scale.SCALING_BATCHES} batches each after {scale.SCALING_WARM_UP} warm-up", flush=True)
             results.update(scale.scaling(profile, work))
         if "latency" in parts:
             results.update(latencies(spark, profile, stream, args.events, results, directives, work))

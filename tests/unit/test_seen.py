@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pyarrow as pa
 from pyspark.sql import types as T
 
 from pipelines.crom import seen
-from pipelines.crom.seen import SeenEvents
+from pipelines.crom.seen import SeenEvents, new_events
 
 SILVER = T.StructType(
     [
@@ -25,12 +26,15 @@ def _silver(spark, tmp_path, rows):
     return path
 
 
+MICROS = int(DAY(5).replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
+
+
 def _written(ids):
-    return [(i, int(DAY(5).replace(tzinfo=timezone.utc).timestamp() * 1_000_000)) for i in ids]
+    return pa.table({"source": ["web"] * len(ids), "event_id": ids, "event_micros": [MICROS] * len(ids)})
 
 
-def _ids(frames) -> set[str]:
-    return {r["event_id"] for r in frames["web"].collect()}
+def _ids(frame) -> set[str]:
+    return {r["event_id"] for r in frame.where("source = 'web'").collect()}
 
 
 def test_a_batch_sees_silver_and_the_batches_before_it_but_not_itself(spark, tmp_path):
@@ -38,9 +42,9 @@ def test_a_batch_sees_silver_and_the_batches_before_it_but_not_itself(spark, tmp
     path = _silver(spark, tmp_path, [("a", DAY(1), 0), ("b", DAY(2), 1), ("c", DAY(3), 2)])
     events = SeenEvents(spark, {"web": path}, "event_time")
     assert _ids(events.before(2, {"web": None})) == {"a", "b"}
-    events.add(2, "web", _written(["c", "d"]))
+    events.add(2, _written(["c", "d"]))
     assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}
-    events.add(3, "web", _written(["e"]))
+    events.add(3, _written(["e"]))
     assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}  # batch 3 replayed
     assert _ids(events.before(3, {"web": DAY(2)})) == {"b", "c", "d"}  # "a" is older than the watermark
     events.release()
@@ -52,7 +56,7 @@ def test_merging_the_pieces_keeps_every_id(spark, tmp_path):
     expected = {"a"}
     for batch_id in range(1, seen.MAX_PIECES + 4):
         assert _ids(events.before(batch_id, {"web": None})) == expected
-        events.add(batch_id, "web", _written([f"id{batch_id}"]))
+        events.add(batch_id, _written([f"id{batch_id}"]))
         expected.add(f"id{batch_id}")
     assert len(events._pieces) <= seen.MAX_PIECES + 1
     assert _ids(events.before(batch_id + 1, {"web": None})) == expected
@@ -66,3 +70,23 @@ def test_a_batch_before_the_cached_ones_reads_silver_again(spark, tmp_path):
     # A query restarted on an older checkpoint with the same writer: silver decides again.
     assert _ids(events.before(4, {"web": None})) == {"a"}
     events.release()
+
+
+CANDIDATES = "source string, event_id string, kafka_partition int, kafka_offset long, event_micros long"
+
+
+def test_new_events_keep_the_first_copy_of_each_id_not_seen_in_its_source(spark):
+    candidates = spark.createDataFrame(
+        [
+            ("web", "a", 0, 7, 1),  # seen in web: a duplicate
+            ("log", "a", 0, 3, 1),  # the same id in another source is new there
+            ("web", "b", 1, 2, 2),  # sent twice: partition 0 comes first, then the lower offset
+            ("web", "b", 0, 9, 2),
+            ("web", "b", 0, 5, 2),
+            ("web", "c", 1, 1, 3),
+        ],
+        CANDIDATES,
+    )
+    seen_ids = spark.createDataFrame([("web", "a"), ("web", "z")], "source string, event_id string")
+    kept = sorted(tuple(r) for r in new_events(candidates, seen_ids).collect())
+    assert kept == [("log", "a", 0, 3, 1), ("web", "b", 0, 5, 2), ("web", "c", 1, 1, 3)]
