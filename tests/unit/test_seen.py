@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pyarrow as pa
 from pyspark.sql import types as T
 
 from pipelines.crom import seen
@@ -29,8 +28,8 @@ def _silver(spark, tmp_path, rows):
 MICROS = int(DAY(5).replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
 
 
-def _written(ids):
-    return pa.table({"source": ["web"] * len(ids), "event_id": ids, "event_micros": [MICROS] * len(ids)})
+def _written(spark, ids):
+    return spark.createDataFrame([("web", i, MICROS) for i in ids], "source string, event_id string, event_micros long")
 
 
 def _ids(frame) -> set[str]:
@@ -42,9 +41,9 @@ def test_a_batch_sees_silver_and_the_batches_before_it_but_not_itself(spark, tmp
     path = _silver(spark, tmp_path, [("a", DAY(1), 0), ("b", DAY(2), 1), ("c", DAY(3), 2)])
     events = SeenEvents(spark, {"web": path}, "event_time")
     assert _ids(events.before(2, {"web": None})) == {"a", "b"}
-    events.add(2, _written(["c", "d"]))
+    events.add(2, _written(spark, ["c", "d"]))
     assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}
-    events.add(3, _written(["e"]))
+    events.add(3, _written(spark, ["e"]))
     assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}  # batch 3 replayed
     assert _ids(events.before(3, {"web": DAY(2)})) == {"b", "c", "d"}  # "a" is older than the watermark
     events.release()
@@ -56,7 +55,7 @@ def test_merging_the_pieces_keeps_every_id(spark, tmp_path):
     expected = {"a"}
     for batch_id in range(1, seen.MAX_PIECES + 4):
         assert _ids(events.before(batch_id, {"web": None})) == expected
-        events.add(batch_id, _written([f"id{batch_id}"]))
+        events.add(batch_id, _written(spark, [f"id{batch_id}"]))
         expected.add(f"id{batch_id}")
     assert len(events._pieces) <= seen.MAX_PIECES + 1
     assert _ids(events.before(batch_id + 1, {"web": None})) == expected
