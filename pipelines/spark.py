@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from pipelines.config import Profile
@@ -47,3 +49,25 @@ def get_spark(profile: Profile, app_name: str) -> SparkSession:
     spark = session_builder(profile, app_name).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+# Spark's (internal) choice between compiled and interpreted expressions outside whole-stage
+# code. Tasks read SQL settings from the local properties of the thread that submitted the job,
+# and a session sets there only what it was given, so a thread can choose for its own jobs.
+CODEGEN_FACTORY_MODE = "spark.sql.codegen.factoryMode"
+
+
+@contextmanager
+def interpreted_expressions(context: SparkContext):
+    """Jobs this thread (and threads that inherit its properties) submits in the block
+    interpret projections and predicates instead of compiling them.
+
+    Every task generates the Java source of its projections again (only the compiled class
+    is cached); over a few thousand rows that costs more than interpreting them.
+    """
+    previous = context.getLocalProperty(CODEGEN_FACTORY_MODE)
+    context.setLocalProperty(CODEGEN_FACTORY_MODE, "NO_CODEGEN")
+    try:
+        yield
+    finally:
+        context.setLocalProperty(CODEGEN_FACTORY_MODE, previous)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 from functools import reduce
 from pathlib import Path
@@ -40,6 +41,7 @@ from pipelines.errors import CrmError
 from pipelines.lakehouse import BatchAppender, ensure_table
 from pipelines.privacy import hmac_key
 from pipelines.schemas import EventSchema
+from pipelines.spark import interpreted_expressions
 from pipelines.tables import CromTables
 from pipelines.timing import describe, timed
 
@@ -49,9 +51,13 @@ APP_ID = "crom-ingest"
 # Up to this many records (a default-sized batch), the batch's writes run one task per job:
 # a task's fixed cost (code generated for the wide staged row, Delta's statistics) outweighs
 # splitting the rows, and the batch's ~9 writes run at once, so they fill the cores between
-# them. On two cores, 25k- and 50k-record batches took 10% and 6% less time than with one
+# them. On two cores, 25k- and 50k-record batches took 12% and 6% less time than with one
 # task per core (the parse, which runs alone, still takes one task per core).
 ONE_TASK_BATCH = 50_000
+# Up to this many records the batch's writes interpret their expressions; the parse and the
+# batch's one aggregation always do. Interpreted, the parse was faster at 500, 5k and 25k
+# records, but the silver writes lost from 5k on, where compiling pays off over the rows.
+INTERPRETED_BATCH = 2_000
 # Commits between Delta checkpoints of the tables a batch writes (Delta's default is 10).
 # These tables commit about once a batch, so with 10 they all wrote a checkpoint in the same
 # batch, one in ten, and made it and the next several seconds slower.
@@ -143,10 +149,15 @@ class BatchWriter:
         # milliseconds instead of re-optimising it (several seconds a batch when persisted).
         # One task per core, not per Kafka partition: every task of every job generates code
         # for the wide parsed row, which costs more than a small batch's data.
-        with self._phase("parse+validate"):
-            staged = self.stage(batch.coalesce(self.spark.sparkContext.defaultParallelism)).localCheckpoint(eager=True)
+        context = self.spark.sparkContext
+        with self._phase("parse+validate"), interpreted_expressions(context):
+            staged = self.stage(batch.coalesce(context.defaultParallelism)).localCheckpoint(eager=True)
         try:
-            counts = self._write(staged, batch_id)
+            with self._phase("parse+validate"), interpreted_expressions(context):
+                totals = staged.agg(*self.totals).first()
+            records_in_batch = sum(totals[f"records_{s}"] for s in self.topics.values())
+            with interpreted_expressions(context) if records_in_batch <= INTERPRETED_BATCH else nullcontext():
+                counts = self._write(staged, totals, records_in_batch, batch_id)
         finally:
             staged.unpersist()
         self.phase_history[batch_id] = {**self.phases, **{f"table {name}": s for name, s in self.table_seconds.items()}}
@@ -182,10 +193,7 @@ class BatchWriter:
         sources_by_name = {source: topic for topic, source in self.topics.items()}
         return out + self.validator.aggregates(lambda source: (F.col("kafka_topic") == sources_by_name[source]) & F.col(source).isNotNull())
 
-    def _write(self, staged: DataFrame, batch_id: int) -> list[dict]:
-        with self._phase("parse+validate"):
-            totals = staged.agg(*self.totals).first()
-        records_in_batch = sum(totals[f"records_{s}"] for s in self.topics.values())
+    def _write(self, staged: DataFrame, totals: Row, records_in_batch: int, batch_id: int) -> list[dict]:
         if not records_in_batch:
             return []
         if records_in_batch <= ONE_TASK_BATCH:
@@ -230,7 +238,7 @@ class BatchWriter:
         done = {name: future.result() for name, future in running.items()}  # the first failure, if any, raises here
         if new is not None:
             self.seen_events.add(batch_id, new)
-        inserted = Counter(new_rows["source"].to_pylist()) if new is not None else {}
+        inserted = Counter(new_rows["source"].to_pylist()) if new_rows is not None else {}
         late = done.get("late", {})
         counts = []
         for source in self.topics.values():
