@@ -54,9 +54,9 @@ APP_ID = "crom-ingest"
 # them. On two cores, 25k- and 50k-record batches took 12% and 6% less time than with one
 # task per core (the parse, which runs alone, still takes one task per core).
 ONE_TASK_BATCH = 50_000
-# Up to this many records the batch's writes interpret their expressions; the parse and the
-# batch's one aggregation always do. Interpreted, the parse was faster at 500, 5k and 25k
-# records, but the silver writes lost from 5k on, where compiling pays off over the rows.
+# Batches of up to this many records interpret their expressions instead of compiling them
+# in every task. On two cores, batches of 500 and 2,000 records took 14-16% less time; from
+# 5,000 on, the silver writes, which datafy every row, lost what the rest gained.
 INTERPRETED_BATCH = 2_000
 # Commits between Delta checkpoints of the tables a batch writes (Delta's default is 10).
 # These tables commit about once a batch, so with 10 they all wrote a checkpoint in the same
@@ -94,6 +94,7 @@ class BatchWriter:
         }
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
         self._newest: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
+        self._last_batch_small = False  # whether the last batch's expressions were interpreted (INTERPRETED_BATCH)
         self.phase_history: dict[int, dict[str, float]] = {}  # batch id -> seconds per phase, for `make bench`
         self.batch_counts: dict[int, dict] = {}  # batch id -> records, quarantined, watermarks, for the progress listener
         # Column expressions are built once: building them costs thousands of JVM calls.
@@ -149,14 +150,18 @@ class BatchWriter:
         # milliseconds instead of re-optimising it (several seconds a batch when persisted).
         # One task per core, not per Kafka partition: every task of every job generates code
         # for the wide parsed row, which costs more than a small batch's data.
+        # Small batches interpret their expressions (INTERPRETED_BATCH). A batch's size is known
+        # only once it is parsed, and a stream's batches are alike, so the parse follows the last.
         context = self.spark.sparkContext
-        with self._phase("parse+validate"), interpreted_expressions(context):
+        interpreted = lambda: interpreted_expressions(context) if self._last_batch_small else nullcontext()  # noqa: E731
+        with self._phase("parse+validate"), interpreted():
             staged = self.stage(batch.coalesce(context.defaultParallelism)).localCheckpoint(eager=True)
         try:
-            with self._phase("parse+validate"), interpreted_expressions(context):
+            with self._phase("parse+validate"), interpreted():
                 totals = staged.agg(*self.totals).first()
             records_in_batch = sum(totals[f"records_{s}"] for s in self.topics.values())
-            with interpreted_expressions(context) if records_in_batch <= INTERPRETED_BATCH else nullcontext():
+            self._last_batch_small = records_in_batch <= INTERPRETED_BATCH
+            with interpreted():
                 counts = self._write(staged, totals, records_in_batch, batch_id)
         finally:
             staged.unpersist()
