@@ -55,8 +55,8 @@ APP_ID = "crom-ingest"
 # task per core (the parse, which runs alone, still takes one task per core).
 ONE_TASK_BATCH = 50_000
 # Batches of up to this many records interpret their expressions instead of compiling them
-# in every task. On two cores, batches of 500 and 2,000 records took 14-16% less time; from
-# 5,000 on, the silver writes, which datafy every row, lost what the rest gained.
+# in every task. On two cores, batches of 500 and 2,000 records took 2-16% less time (runs
+# differ); from 5,000 on, the silver writes, which datafy every row, lost what the rest gained.
 INTERPRETED_BATCH = 2_000
 # Commits between Delta checkpoints of the tables a batch writes (Delta's default is 10).
 # These tables commit about once a batch, so with 10 they all wrote a checkpoint in the same
