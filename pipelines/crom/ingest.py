@@ -41,7 +41,7 @@ from pipelines.errors import CrmError
 from pipelines.lakehouse import BatchAppender, ensure_table
 from pipelines.privacy import hmac_key
 from pipelines.schemas import EventSchema
-from pipelines.spark import interpreted_expressions
+from pipelines.spark import interpreted_expressions, local_frame, with_constants
 from pipelines.tables import CromTables
 from pipelines.timing import describe, timed
 
@@ -209,23 +209,25 @@ class BatchWriter:
             rules = ", ".join(f"{r['source']}.{r['rule']} ({r['expectation_type']})" for r in stops)
             raise CrmError(f"batch {batch_id}: 'fail' rule(s) failed: {rules}; nothing of this batch was written")
         watermarks = self._watermarks(totals, batch_id)
+        constants = records.batch_constants(self.spark, batch_id, watermarks)
+        batch = with_constants(staged, constants)
         # Every table of the batch is written at once. Each write is a few small Spark jobs
         # and a Delta commit whose cost hardly depends on the data (planning, code generation,
         # snapshots); one after another they made even a tiny batch take ~16 s.
-        writes = {"bronze": lambda: self.appender.append(records.to_bronze(staged, self.pii_keys, batch_id), self.tables.bronze, batch_id)}
+        writes = {"bronze": lambda: self.appender.append(records.to_bronze(batch, self.pii_keys), self.tables.bronze, batch_id)}
         if results:
-            frame = self.spark.createDataFrame(results, RESULTS_SCHEMA)
+            frame = local_frame(self.spark, results, RESULTS_SCHEMA)
             writes["validation results"] = lambda: self.appender.append(frame, self.tables.validation_results, batch_id)
         if any(totals[f"records_{s}"] > totals[f"valid_{s}"] for s in self.topics.values()):
-            quarantine = records.to_quarantine(staged, self.topics, self.pii_keys, self.directive.id, self.directive.version, batch_id)
+            quarantine = records.to_quarantine(batch, self.topics, self.pii_keys, self.directive.id, self.directive.version)
             writes["quarantine"] = lambda: self.appender.append(quarantine, self.tables.quarantine, batch_id)
         late_frames, silver = [], {}
         with_rows = [source for source in self.topics.values() if totals[f"valid_{source}"]]
         for source in with_rows:
-            silver_rows = records.to_silver(staged, source, self.schemas[source], self.directive.sources[source].trust, self.key, batch_id)
+            silver_rows = records.to_silver(batch, source, self.schemas[source], self.directive.sources[source].trust, self.key)
             mark = watermarks[source]
             if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
-                late_frames.append(records.to_late(silver_rows.where(F.col(self.time_column) < F.lit(mark)), source, self.time_column, mark))
+                late_frames.append(records.to_late(silver_rows, source, self.time_column, constants))
             silver[source] = silver_rows  # `_new_events` keeps the on-time rows
         if late_frames:
             writes["late"] = lambda: self._append_late(late_frames, batch_id)
@@ -235,7 +237,7 @@ class BatchWriter:
             running = {name: pool.submit(write_table, name, write) for name, write in writes.items()}
             # Meanwhile, which rows are new: one check for every source, so that each silver
             # write is a single job.
-            new, new_rows = self._new_events(staged, with_rows, watermarks, batch_id) if silver else (None, None)
+            new, new_rows = self._new_events(batch, with_rows, constants, batch_id) if silver else (None, None)
             for source, rows in silver.items():
                 keys = self.spark.createDataFrame(new_rows.filter(pc.equal(new_rows["source"], source)).select(["kafka_partition", "kafka_offset"]))
                 write = lambda rows=rows, keys=keys, source=source: self._write_silver(rows, keys, source, batch_id)
@@ -265,24 +267,24 @@ class BatchWriter:
             )
         with self._phase("audit"):  # last: it records the batch as complete
             rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
-            self.appender.append(self.spark.createDataFrame(rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
+            self.appender.append(local_frame(self.spark, rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
         return counts
 
     def _timed(self, table: str, write):
         with timed(self.table_seconds, table):
             return write()
 
-    def _new_events(self, staged: DataFrame, sources: list[str], watermarks: dict, batch_id: int) -> tuple[DataFrame, pa.Table]:
+    def _new_events(self, batch: DataFrame, sources: list[str], constants: DataFrame, batch_id: int) -> tuple[DataFrame, pa.Table]:
         """(source, event_id, kafka_partition, kafka_offset, event_micros) of the rows each
-        source's silver table gets: valid, on time, and new; checkpointed, and collected."""
+        source's silver table gets: valid, on time, and new; checkpointed, and collected.
+        `batch` is the staged rows with the batch's `constants`."""
         with timed(self.phases, "new ids"):
-            on_time = {}
-            for source in sources:
-                mark, event_time = watermarks[source], F.col(f"{source}.{self.time_column}")
-                on_time[source] = records.routed_valid(source) & (event_time >= F.lit(mark) if mark else F.lit(True))
+            on_time = {
+                source: records.routed_valid(source) & records.on_time(source, F.col(f"{source}.{self.time_column}")) for source in sources
+            }
             # One scan of the staged batch, not one per source: each task over the wide staged row costs more than its data.
             of_source = lambda value: reduce(lambda other, s: F.when(on_time[s], value(s)).otherwise(other), sources, F.lit(None))  # noqa: E731
-            candidates = staged.where(reduce(Column.__or__, on_time.values())).select(
+            candidates = batch.where(reduce(Column.__or__, on_time.values())).select(
                 of_source(F.lit).cast("string").alias("source"),
                 of_source(lambda s: F.col(f"{s}.event_id")).alias("event_id"),
                 "kafka_partition",
@@ -290,7 +292,7 @@ class BatchWriter:
                 of_source(lambda s: event_micros(F.col(f"{s}.{self.time_column}"))).alias("event_micros"),
             ).localCheckpoint(eager=True)  # both joins read it: the wide staged rows are scanned once, not twice
             # Computed once: the silver writes and the counts read the collected rows, every later batch's check the frame.
-            new = new_events(candidates, self.seen_events.before(batch_id, watermarks)).localCheckpoint(eager=True)
+            new = new_events(candidates, self.seen_events.before(batch_id, constants)).localCheckpoint(eager=True)
             return new, new.toArrow()
 
     def _write_silver(self, rows: DataFrame, keys: DataFrame, source: str, batch_id: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from datetime import datetime, timezone
+
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -10,6 +12,7 @@ from pipelines.crom.parse import EXPECTATION_FAILED
 from pipelines.directives import UNTRUSTED, Trust
 from pipelines.privacy import card_token, hmac_sha256, mask_payload, normalise_identifier, normalise_phone, scrub_text
 from pipelines.schemas import EventSchema, FieldSpec, card_names, hashed_name
+from pipelines.spark import local_frame, with_constants
 
 KAFKA_METADATA = [
     T.StructField("kafka_topic", T.StringType(), True),
@@ -74,6 +77,15 @@ BATCH_AUDIT_SCHEMA = T.StructType(
 # Per-row columns the batch writer adds before routing (see `stage`).
 QUARANTINE_RULES = "_quarantine_rules"
 WARN_FLAGS = "_warn_flags"
+# The batch's constants, joined to its rows (see `batch_constants`); watermarks by source.
+WATERMARKS = "_watermarks"
+BATCH_CONSTANTS_SCHEMA = T.StructType(
+    [
+        T.StructField("batch_id", T.LongType(), False),
+        T.StructField("ingested_at", T.TimestampType(), False),
+        T.StructField(WATERMARKS, T.MapType(T.StringType(), T.TimestampType(), True), False),
+    ]
+)
 
 
 def silver_schema(schema: EventSchema, derived: tuple[T.StructField, ...] = ()) -> T.StructType:
@@ -107,24 +119,31 @@ def decode(kafka: DataFrame) -> DataFrame:
     )
 
 
-def _metadata(batch_id: int) -> list[Column]:
-    return [
-        F.col("kafka_topic"),
-        F.col("kafka_partition"),
-        F.col("kafka_offset"),
-        F.col("kafka_timestamp"),
-        F.lit(batch_id).cast("long").alias("batch_id"),
-        F.current_timestamp().alias("ingested_at"),
-    ]
+def batch_constants(spark: SparkSession, batch_id: int, watermarks: dict[str, datetime | None]) -> DataFrame:
+    """The batch's id, when it was ingested and each source's watermark, as one row to join to
+    the batch's rows (`pipelines.spark.with_constants`) rather than to write in as literals."""
+    return local_frame(spark, [(batch_id, datetime.now(timezone.utc), watermarks)], BATCH_CONSTANTS_SCHEMA)
 
 
-def to_bronze(decoded: DataFrame, pii_keys: list[str], batch_id: int) -> DataFrame:
-    """Every record as received, personal data masked in the payload."""
-    return decoded.select(
+def on_time(source: str | Column, event_time: Column) -> Column:
+    """Whether an event of `source` (a name, or a column of names) is at or after its watermark
+    (always, before there is one); over rows joined to the batch's constants."""
+    mark = F.col(WATERMARKS)[source]
+    return mark.isNull() | (event_time >= mark)
+
+
+def _metadata() -> list[Column]:
+    """Kafka's columns, and the batch's id and ingestion time from its constants."""
+    return [F.col(f.name) for f in KAFKA_METADATA]
+
+
+def to_bronze(batch: DataFrame, pii_keys: list[str]) -> DataFrame:
+    """Every record as received, personal data masked in the payload; `batch` has the batch's constants."""
+    return batch.select(
         F.col("key"),
         mask_payload(F.col("value"), pii_keys).alias("payload"),
         F.col("payload_bytes"),
-        *_metadata(batch_id),
+        *_metadata(),
     )
 
 
@@ -174,10 +193,10 @@ def trust_level(source: str, trust: Trust) -> Column:
     return F.when(F.col(f"{source}.producer").isin(trust.producers), F.lit(trust.level)).otherwise(F.lit(UNTRUSTED))
 
 
-def to_silver(staged: DataFrame, source: str, schema: EventSchema, trust: Trust, key: bytes, batch_id: int) -> DataFrame:
+def to_silver(batch: DataFrame, source: str, schema: EventSchema, trust: Trust, key: bytes) -> DataFrame:
     """Valid rows of one source -> silver columns; identifiers become keyed HMAC pseudonyms,
     card numbers a token and their last four digits, and free text declared `scrub` loses its
-    emails, phones and card numbers."""
+    emails, phones and card numbers. `batch` is the staged rows with the batch's constants."""
     event = lambda name: F.col(f"{source}.{name}")  # noqa: E731
     treated = {
         "hmac": lambda f: [hmac_sha256(_identifier(f, event), key).alias(hashed_name(f.name))],
@@ -186,11 +205,11 @@ def to_silver(staged: DataFrame, source: str, schema: EventSchema, trust: Trust,
         None: lambda f: [event(f.name).alias(f.name)],
     }
     columns = [c for f in schema.fields for c in treated[f.pii](f)]
-    return staged.where(routed_valid(source)).select(
+    return batch.where(routed_valid(source)).select(
         *columns,
         trust_level(source, trust).alias("trust_level"),
         F.col(WARN_FLAGS).alias("warn_flags"),
-        *_metadata(batch_id),
+        *_metadata(),
     )
 
 
@@ -201,28 +220,29 @@ def _identifier(field: FieldSpec, event) -> Column:
     return normalise_identifier(event(field.name))
 
 
-def to_late(silver_rows: DataFrame, source: str, watermark_column: str, watermark) -> DataFrame:
-    """Silver-shaped rows older than the watermark, kept whole as JSON in the late table."""
+def to_late(silver_rows: DataFrame, source: str, watermark_column: str, constants: DataFrame) -> DataFrame:
+    """Silver-shaped rows older than their source's watermark (from the batch's `constants`),
+    kept whole as JSON in the late table."""
     data = [c for c in silver_rows.columns if c not in {f.name for f in KAFKA_METADATA}]
-    return silver_rows.select(
+    event_time = F.col(watermark_column).cast("timestamp")
+    return with_constants(silver_rows, constants.select(WATERMARKS)).where(~on_time(source, event_time)).select(
         F.lit(source).alias("source"),
         F.col("event_id"),
-        F.col(watermark_column).cast("timestamp").alias("event_time"),
-        F.lit(watermark).cast("timestamp").alias("watermark"),
+        event_time.alias("event_time"),
+        F.col(WATERMARKS)[source].alias("watermark"),
         F.to_json(F.struct(*data)).alias("event"),
         *[F.col(f.name) for f in KAFKA_METADATA],
     )
 
 
-def to_quarantine(
-    staged: DataFrame, topics: dict[str, str], pii_keys: list[str], directive_id: str, directive_version: int, batch_id: int
-) -> DataFrame:
-    """Rejected rows, and rows failing a quarantine rule, with source, reasons and masked payload."""
+def to_quarantine(batch: DataFrame, topics: dict[str, str], pii_keys: list[str], directive_id: str, directive_version: int) -> DataFrame:
+    """Rejected rows, and rows failing a quarantine rule, with source, reasons and masked payload;
+    `batch` is the staged rows with the batch's constants."""
     source = F.lit(None).cast("string")
     for topic, name in topics.items():
         source = F.when(F.col("kafka_topic") == topic, F.lit(name)).otherwise(source)
     failed = F.coalesce(F.col(QUARANTINE_RULES), F.array().cast("array<string>"))
-    return staged.where(F.col("reason_code").isNotNull() | (F.size(failed) > 0)).select(
+    return batch.where(F.col("reason_code").isNotNull() | (F.size(failed) > 0)).select(
         source.alias("source"),
         F.coalesce(F.col("reason_code"), F.lit(EXPECTATION_FAILED)).alias("reason_code"),
         F.coalesce(F.col("reason_detail"), F.array_join(failed, ",")).alias("reason_detail"),
@@ -232,5 +252,5 @@ def to_quarantine(
         F.col("payload_bytes"),
         F.lit(directive_id).alias("directive_id"),
         F.lit(directive_version).alias("directive_version"),
-        *_metadata(batch_id),
+        *_metadata(),
     )

@@ -8,11 +8,13 @@ once per run instead; each batch then adds the ids it wrote.
 
 from __future__ import annotations
 
-from datetime import datetime
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+
+from pipelines.crom.records import WATERMARKS, on_time
+from pipelines.spark import with_constants
 
 # Batches kept as separate pieces before they are merged into one cached frame, so memory
 # holds a bounded number of small plans. Merging after every batch measured no different
@@ -46,15 +48,16 @@ class SeenEvents:
         self._base_before = -1
         self._pieces: list[tuple[int, DataFrame]] = []  # (batch id, ids it wrote)
 
-    def before(self, batch_id: int, marks: dict[str, datetime | None]) -> DataFrame:
-        """(source, event_id) of every id silver held before `batch_id`, at or after its source's watermark."""
+    def before(self, batch_id: int, constants: DataFrame) -> DataFrame:
+        """(source, event_id) of every id silver held before `batch_id`, at or after its source's
+        watermark; `constants` are the batch's (`records.batch_constants`)."""
         if self._base is None or batch_id < self._base_before:
-            self._replace(self._read_silver(batch_id, marks), batch_id)
+            self._replace(self._read_silver(batch_id, constants), batch_id)
         else:
             self._drop_pieces_from(batch_id)
             if len(self._pieces) > MAX_PIECES:
-                self._replace(self._cached(self._within(self._all(), marks)), batch_id)
-        return self._within(self._all(), marks).select("source", "event_id")
+                self._replace(self._cached(self._within(self._all(), constants)), batch_id)
+        return self._within(self._all(), constants).select("source", "event_id")
 
     def add(self, batch_id: int, written: DataFrame) -> None:
         """Keep the (source, event_id, event_micros) of the rows batch `batch_id` wrote to silver.
@@ -69,13 +72,13 @@ class SeenEvents:
         """Free the cached ids; the next `before` reads silver again."""
         self._replace(None, -1)
 
-    def _read_silver(self, batch_id: int, marks: dict[str, datetime | None]) -> DataFrame:
+    def _read_silver(self, batch_id: int, constants: DataFrame) -> DataFrame:
         frames = [
             self.spark.read.format("delta").load(path).where(F.col("batch_id") != F.lit(batch_id))
             .select(F.lit(source).alias("source"), F.col("event_id"), event_micros(F.col(self.time_column)).alias("event_micros"))
             for source, path in self.silver.items()
         ]  # fmt: skip
-        return self._cached(self._within(reduce(DataFrame.unionByName, frames), marks))
+        return self._cached(self._within(reduce(DataFrame.unionByName, frames), constants))
 
     def _cached(self, ids: DataFrame) -> DataFrame:
         """`ids` computed once, in one partition per core: every batch scans them, and a
@@ -94,13 +97,10 @@ class SeenEvents:
         return reduce(DataFrame.unionByName, [self._base, *(piece for _, piece in self._pieces)])
 
     @staticmethod
-    def _within(ids: DataFrame, marks: dict[str, datetime | None]) -> DataFrame:
+    def _within(ids: DataFrame, constants: DataFrame) -> DataFrame:
         """Ids at or after their source's watermark: older rows are late, never compared."""
-        kept: Column = F.lit(True)
-        for source, mark in marks.items():
-            if mark is not None:
-                kept = kept & ((F.col("source") != source) | (F.col("event_micros") >= event_micros(F.lit(mark))))
-        return ids.where(kept)
+        kept = on_time(F.col("source"), F.timestamp_micros(F.col("event_micros")))
+        return with_constants(ids, constants.select(WATERMARKS)).where(kept).select(*ids.columns)
 
 
 def new_events(candidates: DataFrame, seen: DataFrame) -> DataFrame:

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pyspark.sql import types as T
 
 from pipelines.crom import seen
+from pipelines.crom.records import batch_constants
 from pipelines.crom.seen import SeenEvents, new_events
 
 SILVER = T.StructType(
@@ -32,6 +33,10 @@ def _written(spark, ids):
     return spark.createDataFrame([("web", i, MICROS) for i in ids], "source string, event_id string, event_micros long")
 
 
+def _before(spark, events, batch_id, marks):
+    return events.before(batch_id, batch_constants(spark, batch_id, marks))
+
+
 def _ids(frame) -> set[str]:
     return {r["event_id"] for r in frame.where("source = 'web'").collect()}
 
@@ -40,12 +45,12 @@ def test_a_batch_sees_silver_and_the_batches_before_it_but_not_itself(spark, tmp
     # Batch 2 crashed after writing "c" to silver: its replay must not count "c" as a duplicate.
     path = _silver(spark, tmp_path, [("a", DAY(1), 0), ("b", DAY(2), 1), ("c", DAY(3), 2)])
     events = SeenEvents(spark, {"web": path}, "event_time")
-    assert _ids(events.before(2, {"web": None})) == {"a", "b"}
+    assert _ids(_before(spark, events, 2, {"web": None})) == {"a", "b"}
     events.add(2, _written(spark, ["c", "d"]))
-    assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}
+    assert _ids(_before(spark, events, 3, {"web": None})) == {"a", "b", "c", "d"}
     events.add(3, _written(spark, ["e"]))
-    assert _ids(events.before(3, {"web": None})) == {"a", "b", "c", "d"}  # batch 3 replayed
-    assert _ids(events.before(3, {"web": DAY(2)})) == {"b", "c", "d"}  # "a" is older than the watermark
+    assert _ids(_before(spark, events, 3, {"web": None})) == {"a", "b", "c", "d"}  # batch 3 replayed
+    assert _ids(_before(spark, events, 3, {"web": DAY(2)})) == {"b", "c", "d"}  # "a" is older than the watermark
     events.release()
 
 
@@ -54,20 +59,20 @@ def test_merging_the_pieces_keeps_every_id(spark, tmp_path):
     events = SeenEvents(spark, {"web": path}, "event_time")
     expected = {"a"}
     for batch_id in range(1, seen.MAX_PIECES + 4):
-        assert _ids(events.before(batch_id, {"web": None})) == expected
+        assert _ids(_before(spark, events, batch_id, {"web": None})) == expected
         events.add(batch_id, _written(spark, [f"id{batch_id}"]))
         expected.add(f"id{batch_id}")
     assert len(events._pieces) <= seen.MAX_PIECES + 1
-    assert _ids(events.before(batch_id + 1, {"web": None})) == expected
+    assert _ids(_before(spark, events, batch_id + 1, {"web": None})) == expected
     events.release()
 
 
 def test_a_batch_before_the_cached_ones_reads_silver_again(spark, tmp_path):
     path = _silver(spark, tmp_path, [("a", DAY(1), 0), ("b", DAY(2), 4)])
     events = SeenEvents(spark, {"web": path}, "event_time")
-    assert _ids(events.before(5, {"web": None})) == {"a", "b"}
+    assert _ids(_before(spark, events, 5, {"web": None})) == {"a", "b"}
     # A query restarted on an older checkpoint with the same writer: silver decides again.
-    assert _ids(events.before(4, {"web": None})) == {"a"}
+    assert _ids(_before(spark, events, 4, {"web": None})) == {"a"}
     events.release()
 
 

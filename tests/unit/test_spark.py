@@ -8,7 +8,7 @@ from pyspark import TaskContext
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.spark import CODEGEN_FACTORY_MODE, interpreted_expressions
+from pipelines.spark import CODEGEN_FACTORY_MODE, interpreted_expressions, with_constants
 
 _factors = itertools.count(1_000_003)
 
@@ -57,3 +57,39 @@ def test_a_foreach_batch_function_chooses_for_the_jobs_it_submits(spark, tmp_pat
         query.stop()
     assert query.exception() is None
     assert seen == ["NO_CODEGEN"] * 3
+
+
+def test_values_joined_as_constants_reuse_the_compiled_code_and_literals_do_not(spark):
+    rows = spark.range(100)
+    factor = next(_factors)  # code no earlier test compiled
+
+    def run(value: int, joined: bool) -> list[int]:
+        if joined:
+            frame = with_constants(rows, spark.createDataFrame([(value,)], "v long"))
+        else:
+            frame = rows.withColumn("v", F.lit(value))
+        return [r.x for r in frame.where(F.col("id") >= F.col("v")).select((F.col("id") * factor + F.col("v")).alias("x")).collect()]
+
+    assert run(98, joined=True) == [98 * factor + 98, 99 * factor + 98]
+    before = _compilations(spark)
+    assert run(99, joined=True) == [99 * factor + 99]
+    assert _compilations(spark) == before
+    run(98, joined=False)
+    literal = _compilations(spark)
+    run(99, joined=False)
+    assert _compilations(spark) > literal  # the same query with another literal compiles again
+
+
+def test_the_same_code_at_another_stage_number_is_not_compiled_again(spark):
+    # CROM's plans grow a union piece every batch, which renumbers the stages after it.
+    assert spark.conf.get("spark.sql.codegen.useIdInClassName") == "false"  # from conf/local.yaml
+    scaled = lambda: spark.range(0, 4, 1, 1).select((F.col("id") * F.lit(next(_factors))).alias("x"))  # noqa: E731
+    write = lambda frame: frame.write.format("noop").mode("overwrite").save()  # noqa: E731
+    known = scaled()
+    before = _compilations(spark)
+    write(known)  # its stage is the query's first
+    one_stage = _compilations(spark) - before
+    before = _compilations(spark)
+    write(scaled().union(known))  # a new stage first, `known`'s second
+    assert one_stage > 0
+    assert _compilations(spark) - before == one_stage  # only the new stage's (twice as many with ids in class names)
