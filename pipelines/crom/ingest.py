@@ -94,7 +94,7 @@ class BatchWriter:
         }
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
         self._newest: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
-        self._last_batch_small = False  # whether the last batch's expressions were interpreted (INTERPRETED_BATCH)
+        self._last_batch_small = False  # whether the last batch had at most INTERPRETED_BATCH records
         self.phase_history: dict[int, dict[str, float]] = {}  # batch id -> seconds per phase, for `make bench`
         self.batch_counts: dict[int, dict] = {}  # batch id -> records, quarantined, watermarks, for the progress listener
         # Column expressions are built once: building them costs thousands of JVM calls.
@@ -152,16 +152,15 @@ class BatchWriter:
         # for the wide parsed row, which costs more than a small batch's data.
         # Small batches interpret their expressions (INTERPRETED_BATCH). A batch's size is known
         # only once it is parsed, and a stream's batches are alike, so the parse follows the last.
-        context = self.spark.sparkContext
-        interpreted = lambda: interpreted_expressions(context) if self._last_batch_small else nullcontext()  # noqa: E731
-        with self._phase("parse+validate"), interpreted():
-            staged = self.stage(batch.coalesce(context.defaultParallelism)).localCheckpoint(eager=True)
+        parse_interpreted = self._last_batch_small
+        with self._phase("parse+validate"), self._expressions(interpreted=parse_interpreted):
+            staged = self.stage(batch.coalesce(self.spark.sparkContext.defaultParallelism)).localCheckpoint(eager=True)
         try:
-            with self._phase("parse+validate"), interpreted():
+            with self._phase("parse+validate"), self._expressions(interpreted=parse_interpreted):
                 totals = staged.agg(*self.totals).first()
             records_in_batch = sum(totals[f"records_{s}"] for s in self.topics.values())
             self._last_batch_small = records_in_batch <= INTERPRETED_BATCH
-            with interpreted():
+            with self._expressions(interpreted=self._last_batch_small):
                 counts = self._write(staged, totals, records_in_batch, batch_id)
         finally:
             staged.unpersist()
@@ -175,6 +174,10 @@ class BatchWriter:
                 batch_id, total("records"), total("silver_rows"), total("quarantined"), total("late"), total("duplicates"),
                 time.monotonic() - started, describe(self.phases), describe(self.table_seconds),
             )
+
+    def _expressions(self, interpreted: bool):
+        """The block's jobs interpret their expressions (a small batch, see INTERPRETED_BATCH), or compile them."""
+        return interpreted_expressions(self.spark.sparkContext) if interpreted else nullcontext()
 
     def _phase(self, name: str):
         """Time a step of the batch; the log line shows where the batch spent its time."""
