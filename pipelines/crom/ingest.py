@@ -144,8 +144,8 @@ class BatchWriter:
         return records.stage(self.parser(records.decode(batch)), self.stage_columns)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        started = time.monotonic()
-        self.phases, self.table_seconds = {}, {}
+        started = self._started = time.monotonic()
+        self.phases, self.table_seconds, self.table_finished = {}, {}, {}
         # A local checkpoint cuts the large parse plan off: every write below plans in
         # milliseconds instead of re-optimising it (several seconds a batch when persisted).
         # One task per core, not per Kafka partition: every task of every job generates code
@@ -164,7 +164,10 @@ class BatchWriter:
                 counts = self._write(staged, totals, records_in_batch, batch_id)
         finally:
             staged.unpersist()
-        self.phase_history[batch_id] = {**self.phases, **{f"table {name}": s for name, s in self.table_seconds.items()}}
+        silver_done = [s for name, s in self.table_finished.items() if name.startswith("silver ")]
+        # How long after the batch started its last silver commit made its records visible.
+        visible = {"silver visible": max(silver_done)} if silver_done else {}
+        self.phase_history[batch_id] = {**self.phases, **{f"table {name}": s for name, s in self.table_seconds.items()}, **visible}
         if counts:
             total = lambda key: sum(c[key] for c in counts)  # noqa: E731
             watermarks = {c["source"]: c["watermark"].isoformat() for c in counts if c["watermark"] is not None}
@@ -274,8 +277,11 @@ class BatchWriter:
         return counts
 
     def _timed(self, table: str, write):
-        with timed(self.table_seconds, table):
-            return write()
+        try:
+            with timed(self.table_seconds, table):
+                return write()
+        finally:
+            self.table_finished[table] = time.monotonic() - self._started
 
     def _new_events(self, batch: DataFrame, sources: list[str], constants: DataFrame, batch_id: int) -> tuple[DataFrame, pa.Table]:
         """(source, event_id, kafka_partition, kafka_offset, event_micros) of the rows each
