@@ -17,7 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pyspark.sql import types as T
 
+from pipelines.derived_fields import ORDER_FIELDS, TEMPLATE_FIELDS, TEXT_FIELDS, WEB_FIELDS
 from pipelines.errors import CrmError, describe_validation_error
+from pipelines.line_layout import LineLayout
+from pipelines.rates import read_rates
 from pipelines.schemas import DATA_CLASSES, EventSchema, load_schema
 
 _NAME = r"^[a-z][a-z0-9_]*$"
@@ -336,8 +339,6 @@ class LogMining(_Strict):
     @classmethod
     def _layout_compiles(cls, layout: str | None) -> str | None:
         if layout is not None:
-            from pipelines.crom.logs import LineLayout  # the layout's own rules, in one place
-
             LineLayout(layout)
         return layout
 
@@ -399,11 +400,6 @@ class Datafy(_Strict):
 
     def derived_fields(self) -> tuple[T.StructField, ...]:
         """The silver columns these derivations add, in table order."""
-        from pipelines.crom.logs import TEMPLATE_FIELDS
-        from pipelines.crom.orders import ORDER_FIELDS
-        from pipelines.crom.text import TEXT_FIELDS
-        from pipelines.crom.web import WEB_FIELDS
-
         chosen = ((self.logs, TEMPLATE_FIELDS), (self.text, TEXT_FIELDS), (self.orders, ORDER_FIELDS), (self.web, WEB_FIELDS))
         return tuple(f for mining, fields in chosen if mining is not None for f in fields)
 
@@ -606,7 +602,6 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
 def _check_orders(where: str, orders: OrderFacts, schema: EventSchema) -> None:
     """The named fields exist with usable types, and the rate table covers every currency the schema allows."""
     from pipelines.config import CONF_DIR, REPO_ROOT, inside
-    from pipelines.crom.orders import read_rates
 
     wanted = {"amount": (T.DoubleType(), T.LongType()), "currency": (T.StringType(),), "promotion": (T.StringType(),)}
     for key, types in wanted.items():

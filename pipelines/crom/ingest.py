@@ -28,11 +28,11 @@ from pyspark.util import inheritable_thread_target
 from pipelines.config import REPO_ROOT, Profile
 from pipelines.crom import records
 from pipelines.crom.logs import mine_templates
-from pipelines.crom.orders import datafy_orders, read_rates
+from pipelines.crom.orders import datafy_orders
 from pipelines.crom.parse import Parser
 from pipelines.crom.progress import ProgressListener
 from pipelines.crom.seen import SeenEvents, event_micros, new_events
-from pipelines.crom.sentiment_model import load_model
+from pipelines.crom.sentiment_model import load_model, predict_sentiment
 from pipelines.crom.text import datafy_text
 from pipelines.crom.web import datafy_web
 from pipelines.crom.validate import RESULTS_SCHEMA, BatchValidator, compile_rules, failures_that_stop, prefixed
@@ -40,6 +40,7 @@ from pipelines.directives import UNTRUSTED, Loaded
 from pipelines.errors import CrmError
 from pipelines.lakehouse import BatchAppender, ensure_table
 from pipelines.privacy import hmac_key
+from pipelines.rates import read_rates
 from pipelines.schemas import EventSchema
 from pipelines.spark import interpreted_expressions, local_frame, with_constants
 from pipelines.tables import CromTables
@@ -173,10 +174,11 @@ class BatchWriter:
             watermarks = {c["source"]: c["watermark"].isoformat() for c in counts if c["watermark"] is not None}
             self.batch_counts[batch_id] = {"records": total("records"), "quarantined": total("quarantined"), "watermarks": watermarks}
             log.info(
-                "batch %d: %d records -> silver %d, quarantine %d, late %d, duplicates %d (%.1fs: %s; tables in parallel: %s)",
-                batch_id, total("records"), total("silver_rows"), total("quarantined"), total("late"), total("duplicates"),
-                time.monotonic() - started, describe(self.phases), describe(self.table_seconds),
-            )
+                "CROM batch %d: %s records -> silver %s, quarantine %s, late %s, duplicates %s (%.1fs)",
+                batch_id, f"{total('records'):,}", f"{total('silver_rows'):,}", f"{total('quarantined'):,}", f"{total('late'):,}",
+                f"{total('duplicates'):,}", time.monotonic() - started,
+            )  # fmt: skip
+            log.debug("batch %d steps: %s; tables in parallel: %s", batch_id, describe(self.phases), describe(self.table_seconds))
 
     def _expressions(self, interpreted: bool):
         """The block's jobs interpret their expressions (a small batch, see INTERPRETED_BATCH), or compile them."""
@@ -349,7 +351,10 @@ class BatchWriter:
         if datafy.logs is not None:
             rows = mine_templates(rows, datafy.logs.field, datafy.logs.layout, self.tables.log_templates_state(source))
         if datafy.text is not None:
-            rows = datafy_text(rows, datafy.text, self.key, self.sentiment_models.get(source))
+            model = self.sentiment_models.get(source)
+            if model is not None:
+                rows = predict_sentiment(model, rows, datafy.text.field)
+            rows = datafy_text(rows, datafy.text, self.key, predicted=model is not None)
         if datafy.orders is not None:
             o = datafy.orders
             rows = datafy_orders(rows, self.rate_tables[source], o.amount, o.currency, o.items, o.promotion, self.time_column)

@@ -27,6 +27,9 @@ from drain3.template_miner_config import TemplateMinerConfig
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
+from pipelines.derived_fields import TEMPLATE_FIELDS
+from pipelines.line_layout import LineLayout
+
 _LEFT = r"(?<![A-Za-z0-9_.])"  # a mask starts at a token boundary...
 _RIGHT = r"(?![A-Za-z0-9_])"  # ...and ends at one, so 'u0' or 't761' stay words
 _IDENTIFIER = r"[A-Za-z]+(?:_[A-Za-z0-9]+)*_-?\d+(?:_[A-Za-z0-9]+)*"  # attempt_14_0020_m_01, blk_-42
@@ -78,36 +81,6 @@ def severity(level: str | None, message: str) -> str:
     if word:
         return _LEVELS[word.group(1).upper()]
     return "error" if _FAILURE_WORD.search(message) else "info"
-
-
-class LineLayout:
-    """A line layout in Loghub's notation, e.g. '<Date> <Time> <Level> <Component>: <Content>'.
-
-    Fields are `<Name>`; other text must match literally (regex escapes allowed, as in
-    Loghub's settings), and runs of spaces match any whitespace. `Content` is the message.
-    """
-
-    def __init__(self, layout: str):
-        parts = re.split(r"(<[^<>]+>)", layout)
-        names = [p[1:-1] for p in parts[1::2]]
-        if "Content" not in names:
-            raise ValueError(f"line layout {layout!r} has no <Content> field")
-        if len(set(names)) != len(names):
-            raise ValueError(f"line layout {layout!r} names a field twice")
-        pattern = "".join(
-            re.sub(" +", r"\\s+", part) if i % 2 == 0 else f"(?P<{part[1:-1]}>.*?)" for i, part in enumerate(parts)
-        )
-        try:
-            self.regex = re.compile(f"^{pattern}$")
-        except re.error as exc:
-            raise ValueError(f"line layout {layout!r} is not a valid pattern: {exc}") from None
-        self.layout = layout
-        self.fields = names
-
-    def split(self, line: str) -> dict[str, str] | None:
-        """The layout's fields of one line, or None when the line does not follow it."""
-        match = self.regex.match(line.strip())
-        return match.groupdict() if match else None
 
 
 @dataclass(frozen=True)
@@ -188,15 +161,6 @@ class LogTemplates:
         """Write the state now; new templates are written as they appear, counts only here."""
         if self.miner.persistence_handler is not None:
             self.miner.save_state("saved")
-
-
-# Columns `mine_templates` adds to a source's silver rows.
-TEMPLATE_FIELDS = (
-    T.StructField("template_id", T.LongType(), True),
-    T.StructField("template", T.StringType(), True),
-    T.StructField("parameters", T.ArrayType(T.StringType()), True),
-    T.StructField("severity", T.StringType(), True),
-)
 
 
 def mine_templates(rows: DataFrame, field: str, layout: str | None, state: Path) -> DataFrame:

@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines.derived_fields import TEXT_FIELDS
 from pipelines.directives import TextMining
 from pipelines.privacy import hmac_sha256, normalise_identifier
 
@@ -345,32 +346,16 @@ def describe_texts(texts: list[str | None], catalogue: Catalogue, predicted: lis
     return pd.DataFrame(rows, columns=[f.name for f in TEXT_FIELDS])
 
 
-# Columns `datafy_text` adds to a source's silver rows.
-TEXT_FIELDS = (
-    T.StructField("sentiment_label", T.StringType(), True),
-    T.StructField("sentiment_score", T.DoubleType(), True),
-    T.StructField("complaint", T.BooleanType(), True),
-    T.StructField("complaint_reason", T.StringType(), True),
-    T.StructField("brands", T.ArrayType(T.StringType()), True),
-    T.StructField("products", T.ArrayType(T.StringType()), True),
-    T.StructField("hashtags", T.ArrayType(T.StringType()), True),
-    T.StructField("mentions_hmac", T.ArrayType(T.StringType()), True),
-    T.StructField("language", T.StringType(), True),
-)
-
-
-def datafy_text(rows: DataFrame, mining: TextMining, key: bytes, model=None) -> DataFrame:
+def datafy_text(rows: DataFrame, mining: TextMining, key: bytes, predicted: bool = False) -> DataFrame:
     """Rows plus TEXT_FIELDS derived from the text column, one Arrow batch at a time.
 
-    `model` is a trained sentiment PipelineModel (pipelines.crom.sentiment_model), or None
-    for the label-free model. Mentioned handles are personal data: they get the same keyed
+    With `predicted`, the rows already carry a trained model's sentiment_label and
+    sentiment_score (pipelines.crom.sentiment_model.predict_sentiment); otherwise the
+    label-free model scores them. Mentioned handles are personal data: they get the same keyed
     pseudonym as a `handle` field, so they can still be joined; brands are recognised first.
     """
     brands, products = mining.brands, mining.products
-    if model is not None:
-        from pipelines.crom.sentiment_model import predict_sentiment
-
-        rows = predict_sentiment(model, rows, mining.field)
+    if predicted:
         label, score = F.col("sentiment_label"), F.col("sentiment_score")
     else:
         label, score = F.lit(None).cast("string"), F.lit(None).cast("double")

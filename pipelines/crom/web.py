@@ -18,19 +18,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-WEB_FIELDS = (
-    T.StructField("page_path", T.StringType(), True),
-    T.StructField("referrer_host", T.StringType(), True),
-    T.StructField("referrer_kind", T.StringType(), True),  # direct, internal, search, social, email, other
-    T.StructField("campaign_source", T.StringType(), True),
-    T.StructField("campaign_medium", T.StringType(), True),
-    T.StructField("campaign_name", T.StringType(), True),
-    T.StructField("browser", T.StringType(), True),
-    T.StructField("browser_major", T.StringType(), True),
-    T.StructField("os", T.StringType(), True),
-    T.StructField("device_type", T.StringType(), True),  # desktop, mobile, tablet, bot, other
-    T.StructField("is_bot", T.BooleanType(), True),
-)
+from pipelines.derived_fields import WEB_FIELDS
+
 AGENT_FIELDS = ("browser", "browser_major", "os", "device_type", "is_bot")
 
 # Generic signs of an automated client; each is a naming convention, not a site's list.

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from pipelines.config import CONF_DIR, sample_data
-from pipelines.crom.logs import LineLayout, LogTemplates, severity
+from pipelines.crom.logs import LogTemplates, severity
+from pipelines.line_layout import LineLayout
 
 HDFS = "<Date> <Time> <Pid> <Level> <Component>: <Content>"
 

@@ -8,7 +8,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from pipelines.config import REPO_ROOT
-from pipelines.crom.orders import ORDER_FIELDS, datafy_orders, read_rates
+from pipelines.crom.orders import datafy_orders
+from pipelines.derived_fields import ORDER_FIELDS
+from pipelines.rates import read_rates
 from pipelines.errors import CrmError
 
 HEADER = "currency,units_per_base,valid_from\n"

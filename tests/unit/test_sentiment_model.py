@@ -11,7 +11,8 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.crom.sentiment_model import load_model, predict_sentiment, read_labelled, train_sentiment
-from pipelines.crom.text import TEXT_FIELDS, datafy_text
+from pipelines.crom.text import datafy_text
+from pipelines.derived_fields import TEXT_FIELDS
 from pipelines.directives import TextMining
 from pipelines.errors import CrmError
 from pipelines.generator import COMPLAINTS, NEUTRAL, POSITIVE, PRODUCTS
@@ -58,7 +59,7 @@ def test_datafy_text_with_the_trained_model(spark, trained):
     model = trained
     mining = TextMining(model="trained", brands={"Brand": ["@brand"]})
     rows = spark.createDataFrame([(i, text) for i, (text, _) in enumerate(LABELLED)], "id int, text string")
-    out = datafy_text(rows, mining, b"k" * 32, model).orderBy("id").collect()
+    out = datafy_text(predict_sentiment(model, rows, mining.field), mining, b"k" * 32, predicted=True).orderBy("id").collect()
     assert [f.name for f in TEXT_FIELDS] == list(out[0].asDict())[2:]
     correct = 0
     for row, (_, label) in zip(out, LABELLED):
