@@ -56,8 +56,10 @@ test: setup $(AIRFLOW)
 unit: $(INSTALLED)
 	$(BIN)/pytest -m "not integration"
 
+# Results go to bench-results.json and .md, and the latest full run into docs/benchmarks.md.
 bench: setup
 	$(BIN)/python -m tests.bench.run
+	$(BIN)/python -m tests.bench.publish
 
 # Datafication quality on the public data sets in ../shared/data (CRM_SAMPLE_DATA).
 eval: $(INSTALLED)

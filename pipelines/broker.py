@@ -31,6 +31,7 @@ from pipelines.config import CONF_DIR, KafkaSettings, Profile
 from pipelines.errors import CrmError
 from pipelines.tls import BrokerTls, ensure_broker_tls, write_private
 
+log = logging.getLogger(__name__)
 ADMIN = "admin"  # the broker's own SCRAM user, for its inter-broker listener
 POM = CONF_DIR / "broker" / "pom.xml"
 LOG4J = CONF_DIR / "broker" / "log4j2.yaml"
@@ -83,11 +84,14 @@ def fetch_jars(profile: Profile) -> Path:
         shutil.rmtree(libs)
     libs.mkdir(parents=True)
     cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={libs}"]
+    log.info("fetching the Kafka broker jars from Maven Central into %s (first run only)", libs)
+    started = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
         raise CrmError(f"fetching Kafka jars with Maven failed: {tail[0]}")
     marker.write_text(POM.read_text())
+    log.info("fetched %d broker jars in %.0fs", len(list(libs.glob("*.jar"))), time.monotonic() - started)
     return libs
 
 
@@ -317,4 +321,9 @@ def running_pid(profile: Profile, data_dir: Path | None = None) -> int | None:
 def status(profile: Profile, data_dir: Path | None = None) -> tuple[int | None, bool]:
     """(pid or None, whether the configured bootstrap servers answer metadata)."""
     p = paths(profile, data_dir)
-    return _running_pid(p), _metadata_ok(profile.kafka)
+    return _running_pid(p), answers(profile.kafka)
+
+
+def answers(kafka: KafkaSettings) -> bool:
+    """Whether a broker at the bootstrap servers answers with cluster metadata."""
+    return _metadata_ok(kafka)

@@ -1,7 +1,9 @@
 """`crm`: the one entry point for the layered CRM pipelines.
 
 Every command takes --conf (a profile in conf/, `local` by default) and exits non-zero with a
-one-line reason on failure. Set CRM_DEBUG=1 to see tracebacks.
+one-line reason on failure. A command prints its own lines only; Spark's, the JVM's and other
+libraries' output goes to a log file under <cache>/logs/ (pipelines.console). --verbose
+shows it all; CRM_DEBUG=1 does too, and shows tracebacks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
+from pipelines import console
 from pipelines.config import Profile, load_profile
 from pipelines.errors import CrmError
 
@@ -33,8 +36,12 @@ def _directives(profile: Profile):
 def _spark(profile: Profile, app: str):
     from pipelines.spark import get_spark
 
-    log.info("starting Spark (%s); the first run fetches Delta and Kafka jars from Maven Central", profile.spark.master)
-    return get_spark(profile, app)
+    log.info("starting Spark (%s); the first run fetches the Delta and Kafka packages from Maven Central", profile.spark.master)
+    started, progress = time.monotonic(), console.Progress()
+    with console.following(console.native_log(), console.ivy_progress, progress):
+        spark = get_spark(profile, app)
+    log.info("Spark ready in %.0fs", time.monotonic() - started)
+    return spark
 
 
 def _check_all(profile: Profile):
@@ -90,7 +97,9 @@ def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction:
     first = end_offsets_total(profile.kafka, list(topics.values())) if start == "auto" else int(start)
     log.info("producing %d events from index %d (seed %d, bad fraction %.3f)", events, first, seed, bad_fraction)
     stream = EventStream(seed=seed, topics=topics, bad_fraction=bad_fraction)
-    manifest = produce(profile.kafka, stream, first, events, rate=rate)
+    progress = console.Progress()
+    manifest = produce(profile.kafka, stream, first, events, rate=rate, progress=progress.update)
+    progress.done(f"produced {events:,} events")
     for source, n in sorted(manifest.per_source().items()):
         print(f"  {source:<12} {n:>9,}")
     return manifest
@@ -140,10 +149,14 @@ def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
 
 def cmd_ingest(args, profile: Profile) -> int:
     from pipelines.connection import check_connection
+    from pipelines.topics import ensure_topics
 
     directives = _check_all(profile)
     check_connection(profile.kafka)  # before Spark starts: a wrong password or CA is one line at once
     with _single_run(profile, "ingest"):  # before Spark starts: an overlapping run exits at once
+        created = ensure_topics(profile.kafka, directives.only("operational").directive.sources)  # a source just added has none yet
+        if created:
+            log.info("created topics %s", ", ".join(created))
         _ingest(_spark(profile, "crom-ingest"), profile, directives, args.until_caught_up)
     return 0
 
@@ -278,7 +291,6 @@ def cmd_status(args, profile: Profile) -> int:
             print(f"{t.name:<48} {t.rows:>12,} rows  version {t.version:>4}  {t.operation:<8} {t.committed_at:%Y-%m-%d %H:%M:%S} UTC")
     topics = [src.topic for src in _check_all(profile).only("operational").directive.sources.values()]
     committed = status.committed_offsets(Path(profile.checkpoint_path("crom_ingest")))
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # an absent broker is reported below, in one line
     try:
         behind = status.lag(end_offsets(profile.kafka, topics), committed)
     except CrmError as exc:
@@ -413,10 +425,13 @@ def cmd_purge(args, profile: Profile) -> int:
 def _demo(args, profile: Profile, directives) -> int:
     from pipelines import broker
 
-    started_here = broker.running_pid(profile) is None
+    # A broker already answering at the bootstrap servers (CRM_KAFKA_BOOTSTRAP) is used as it is.
+    started_here = broker.running_pid(profile) is None and not broker.answers(profile.kafka)
     if started_here:
         broker.start(profile)
         log.info("broker started on %s", profile.kafka.bootstrap_servers)
+    else:
+        log.info("using the broker at %s", profile.kafka.bootstrap_servers)
     spark = None
     try:
         if args.replay:
@@ -478,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--conf", default="local", help="profile in conf/ (default: local)")
+    common.add_argument("--verbose", action="store_true", help="show Spark's, the JVM's and every library's output too (also CRM_DEBUG=1)")
 
     parser = argparse.ArgumentParser(prog="crm", description="Layered CRM ingestion: CROM -> CRFM -> CRSM on Kafka, Spark and Delta.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -580,25 +596,41 @@ def _validate_args(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="crm: %(message)s", stream=sys.stderr)
-    # kafka-python warns on every refused connection while a broker starts; keep errors only.
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    for noisy in ("py4j", "great_expectations"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         _validate_args(args)
-        return args.func(args, load_profile(args.conf))
+        profile = load_profile(args.conf)
+    except CrmError as exc:
+        print(f"crm: error: {exc}", file=sys.stderr)
+        return 1
+    verbose = console.verbose_requested(args.verbose)
+    # Under spark-submit the JVM started first and owns the console; only Python's side is routed.
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    try:
+        with console.command_output(profile.cache / "logs", args.command, verbose, native_to_log=not under_submit) as log_file:
+            return _run(args, profile, log_file)
+    except BrokenPipeError:  # the reader went away (`crm status | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush cannot fail either
+        return 0
+
+
+def _run(args, profile: Profile, log_file: Path) -> int:
+    """The command, with a one-line message for any failure."""
+    try:
+        return args.func(args, profile)
     except CrmError as exc:
         print(f"crm: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("crm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as exc:  # one line for the user; CRM_DEBUG=1 shows the traceback
-        if os.environ.get("CRM_DEBUG"):
+        log.debug("failed", exc_info=True)
+        if console.debug_requested():
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"crm: error: {type(exc).__name__}: {first} (set CRM_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"crm: error: {type(exc).__name__}: {first} (traceback in {log_file})", file=sys.stderr)
         return 1
 
 

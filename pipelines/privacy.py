@@ -42,10 +42,19 @@ def hmac_key(cache_dir: Path) -> bytes:
         return from_env.encode("utf-8")
     path = cache_dir / "secrets" / "hmac.key"
     if not path.exists():
+        # Written whole under a name of its own, then linked into place: processes starting at
+        # once all read the one key that was linked first, never a half-written file.
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        draft = path.with_name(f".hmac.key.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process's key won
+        finally:
+            draft.unlink()
     return path.read_text().strip().encode("utf-8")
 
 

@@ -3,6 +3,7 @@ and the project's own Kafka broker on a free 127.0.0.1 port for integration test
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -66,6 +67,20 @@ def kafka(base_profile: Profile, tmp_path_factory):
         ), data_dir
     finally:
         broker.stop(base_profile, data_dir)
+
+
+@pytest.fixture
+def own_topics(kafka, profile, directives, request):
+    """The session broker with topics of this test's own: (the profile pointing at it, the
+    directives with every source's topic prefixed by the test's name). For tests that run
+    CROM in this process; a `crm` subprocess reads the shipped directives (see own_broker)."""
+    from pipelines.topics import ensure_topics
+    from tests.helpers import with_topic_prefix
+
+    kprofile, _ = kafka
+    ours = with_topic_prefix(directives, re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:100])
+    ensure_topics(kprofile.kafka, ours.only("operational").directive.sources)
+    return profile.model_copy(update={"kafka": kprofile.kafka}), ours
 
 
 @pytest.fixture

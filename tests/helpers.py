@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 
 def transaction_param(name: str, measure: str, **more) -> dict:
@@ -22,3 +23,14 @@ def crm_env(profile, **extra: str) -> dict[str, str]:
         "PYSPARK_PYTHON": sys.executable,
         **extra,
     }
+
+
+def with_topic_prefix(directives, prefix: str):
+    """The directives with every operational source's topic renamed `<prefix>.<topic>`, so a
+    test can share the session broker without reading another test's records."""
+    from pipelines.directives import DirectiveSet
+
+    base = directives.only("operational")
+    sources = {name: src.model_copy(update={"topic": f"{prefix}.{src.topic}"}) for name, src in base.directive.sources.items()}
+    operational = replace(base, directive=base.directive.model_copy(update={"sources": sources}))
+    return DirectiveSet(directives.strategic, directives.functional, {operational.directive.id: operational}, directives.schemas)

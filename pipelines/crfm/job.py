@@ -112,8 +112,10 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
 
     # Another version of the directive may score, segment or re-measure differently on the same data.
     changed = DeltaTable.isDeltaTable(spark, out) and _directive_version(spark, out) != directive.version
+    log.info("CRFM %s: partials of %s (%.1fs)", directive.id, ", ".join(sources), phases["partials"])
     with timed(phases, "roll-up"):
         rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials or changed)
+    log.info("CRFM %s: customer parameters %s (%.1fs)", directive.id, "rolled up" if rebuilt else "up to date", phases["roll-up"])
     # Built from the parameters table or the partials, the other tables are independent of each other.
     steps = {}
     if validity is not None:
@@ -141,6 +143,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     def step(name: str) -> None:
         with timed(phases, name):
             steps[name]()
+        log.info("CRFM %s: %s (%.1fs)", directive.id, name, phases[name])
 
     # Together: much of a small table's build is planning and Delta's commit, which leave the cores idle.
     with ThreadPoolExecutor(STEPS_AT_ONCE, thread_name_prefix="crfm-tables") as pool:
@@ -151,10 +154,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     customers = spark.read.format("delta").load(out).count()
     new_events = sum(run.new_events for run in runs)
     if rebuilt:
-        log.info(
-            "functional %s: %d customers from silver version %d, %d new events (%s)",
-            directive.id, customers, source_version, new_events, describe(phases),
-        )  # fmt: skip
+        log.debug("functional %s: %d customers from silver version %d, %d new events (%s)", directive.id, customers, source_version, new_events, describe(phases))
     return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns)
 
 

@@ -17,6 +17,8 @@ Sampling is hashed on the customer id, so reruns and any partitioning give the s
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +31,8 @@ from pipelines.crsm.kpis import kpi_rows
 from pipelines.crsm.purchase_model import FittedModel, fit_purchase_model, score_customers, unscored
 from pipelines.directives import FunctionalDirective, StrategicDirective, Validity
 from pipelines.errors import CrmError
+
+log = logging.getLogger(__name__)
 
 # values_by(frame, group column) -> {group: {kpi: value or None}}
 ValuesBy = Callable[[DataFrame, str], dict[object, dict[str, float | None]]]
@@ -192,9 +196,16 @@ def assess(spark: SparkSession, directive: StrategicDirective, functional: Funct
     left_out = [f"without_{s}" for s in sorted({p.source for p in functional.parameters})]
     flipped = "without_untrusted" if functional.include_untrusted else "with_untrusted"
     grain = functional.grain
-    v1 = volume_points(spark, params, grain, validity.volume_fractions, values_by)
-    v2 = [Point("as_of", 0.0, base)] + variant_points(variants, windows, values_by)
-    v3 = variant_points(variants, [(n, float(i)) for i, n in enumerate(left_out)], values_by)
-    v4 = bootstrap_points(spark, params, grain, validity.bootstrap_samples, values_by)
-    v5 = variant_points(variants, [(flipped, 1.0)], values_by)
+
+    def measured(what: str, points: Callable[[], list[Point]]) -> list[Point]:
+        started = time.monotonic()
+        got = points()
+        log.info("CRSM %s validity: %s, %d re-measures (%.1fs)", directive.id, what, len(got), time.monotonic() - started)
+        return got
+
+    v1 = measured("V1 volume", lambda: volume_points(spark, params, grain, validity.volume_fractions, values_by))
+    v2 = [Point("as_of", 0.0, base)] + measured("V2 velocity", lambda: variant_points(variants, windows, values_by))
+    v3 = measured("V3 variety", lambda: variant_points(variants, [(n, float(i)) for i, n in enumerate(left_out)], values_by))
+    v4 = measured("V4 variability", lambda: bootstrap_points(spark, params, grain, validity.bootstrap_samples, values_by))
+    v5 = measured("V5 veracity", lambda: variant_points(variants, [(flipped, 1.0)], values_by))
     return judge(directive, base, v1, v2, v3, v4, v5)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from pipelines.crsm.job import run_strategic
 from pipelines.generator import EventStream
 from pipelines.tables import CromTables
 from pipelines.topics import ensure_topics
+from tests.helpers import with_topic_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -71,9 +71,8 @@ def test_canaries_reach_no_table_file_log_or_report(spark, kafka, profile, direc
     caplog.set_level(logging.INFO)
     kprofile, _ = kafka
     profile = profile.model_copy(update={"kafka": kprofile.kafka})
-    base = directives.only("operational")
-    sources = {n: s.model_copy(update={"topic": f"canary.{s.topic}"}) for n, s in base.directive.sources.items()}
-    operational = replace(base, directive=base.directive.model_copy(update={"sources": sources}))
+    operational = with_topic_prefix(directives, "canary").only("operational")
+    sources = operational.directive.sources
     ensure_topics(profile.kafka, sources)
     producer = KafkaProducer(bootstrap_servers=profile.kafka.bootstrap_servers, acks="all")
     for topic, key, value in _canary_records({n: s.topic for n, s in sources.items()}):

@@ -5,6 +5,7 @@ silver keep running incrementally."""
 from __future__ import annotations
 
 import re
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,12 +15,15 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from pipelines.config import load_profile
 from pipelines.crfm.job import run_functional
 from pipelines.crom.ingest import run_ingest
 from pipelines.crom.resolve import run_identities, run_web_sessions
 from pipelines.erasure import forget, purge
 from pipelines.generator import EventStream, produce
 from pipelines.tables import CromTables, functional_table
+from pipelines.topics import ensure_topics
+from tests.helpers import with_topic_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +37,7 @@ def _run_layers(spark, profile, directives) -> None:
 
 def _produce(profile, directives, first: int, n: int) -> None:
     sources = directives.only("operational").directive.sources
-    produce(profile.kafka, EventStream(5, {s: src.topic for s, src in sources.items()}), first, n)
+    produce(profile.kafka, EventStream(5, {s: src.topic for s, src in sources.items()}), first, n, progress=lambda _: None)
 
 
 def _raw_mentions(lakehouse: Path, words: list[str]) -> dict[str, int]:
@@ -55,21 +59,39 @@ def _raw_mentions(lakehouse: Path, words: list[str]) -> dict[str, int]:
     return found
 
 
-def _all_layers_run(spark, own_broker, directives, events: int):
-    """`events` new events through CROM and CRFM on the test's own broker and lakehouse."""
-    profile, _ = own_broker
-    _produce(profile, directives, 0, events)
-    _run_layers(spark, profile, directives)
-    run_functional(spark, profile, directives, directives.only("functional"))
-    return profile, CromTables.of(profile, list(directives.schemas)), directives.only("functional")
+BASE_EVENTS = 1200
+
+
+@pytest.fixture(scope="module")
+def layers_run(spark, kafka, directives, tmp_path_factory):
+    """CROM and CRFM once over BASE_EVENTS events on topics of this module's own; each test
+    works on a copy of the lakehouse and checkpoints (Delta tables and checkpoints are files)."""
+    kprofile, _ = kafka
+    root = tmp_path_factory.mktemp("erasure-base")
+    profile = load_profile("local").model_copy(update={"lakehouse": root / "lakehouse", "checkpoints": root / "checkpoints", "kafka": kprofile.kafka})
+    ours = with_topic_prefix(directives, "erasure")
+    ensure_topics(profile.kafka, ours.only("operational").directive.sources)
+    _produce(profile, ours, 0, BASE_EVENTS)
+    _run_layers(spark, profile, ours)
+    run_functional(spark, profile, ours, ours.only("functional"))
+    return root, profile, ours
+
+
+def _all_layers_run(layers_run, tmp_path: Path):
+    """A copy of the module's run: its profile, CROM tables and functional directive."""
+    root, base, directives = layers_run
+    for folder in ("lakehouse", "checkpoints"):
+        shutil.copytree(root / folder, tmp_path / folder)
+    profile = base.model_copy(update={"lakehouse": tmp_path / "lakehouse", "checkpoints": tmp_path / "checkpoints"})
+    return profile, directives, CromTables.of(profile, list(directives.schemas)), directives.only("functional")
 
 
 def _comparable(spark, path: str):
     return spark.read.format("delta").load(path).drop("computed_at")
 
 
-def test_forget_erases_a_customer_from_every_file_and_the_streams_go_on(spark, own_broker, directives):
-    profile, crom, functional = _all_layers_run(spark, own_broker, directives, 1500)
+def test_forget_erases_a_customer_from_every_file_and_the_streams_go_on(spark, layers_run, tmp_path):
+    profile, directives, crom, functional = _all_layers_run(layers_run, tmp_path)
 
     buyers = spark.read.format("delta").load(crom.silver["transaction"]).groupBy("customer_id").count()
     customer = buyers.orderBy(F.desc("count"), "customer_id").first()["customer_id"]
@@ -89,7 +111,7 @@ def test_forget_erases_a_customer_from_every_file_and_the_streams_go_on(spark, o
 
     # New events arrive; the CRFM streams skip forget's DELETE commits and fold only them.
     silver_before = {s: spark.read.format("delta").load(p).count() for s, p in crom.silver.items()}
-    _produce(profile, directives, 1500, 400)
+    _produce(profile, directives, BASE_EVENTS, 400)  # events of this test's own (the topics are the module's)
     _run_layers(spark, profile, directives)
     incremental = run_functional(spark, profile, directives, functional)
     measured = {p.source for p in functional.directive.parameters}
@@ -104,9 +126,9 @@ def test_forget_erases_a_customer_from_every_file_and_the_streams_go_on(spark, o
     kept.unpersist()
 
 
-def test_forget_while_crfm_is_behind_rebuilds_the_partials_it_can_no_longer_read(spark, own_broker, directives):
-    profile, crom, functional = _all_layers_run(spark, own_broker, directives, 800)
-    _produce(profile, directives, 800, 800)
+def test_forget_while_crfm_is_behind_rebuilds_the_partials_it_can_no_longer_read(spark, layers_run, tmp_path):
+    profile, directives, crom, functional = _all_layers_run(layers_run, tmp_path)
+    _produce(profile, directives, BASE_EVENTS + 400, 800)
     _run_layers(spark, profile, directives)  # CRFM has not read these
     newest = spark.read.format("delta").load(crom.silver["transaction"]).orderBy(F.desc("batch_id"), "customer_id").first()["customer_id"]
 
@@ -120,8 +142,8 @@ def test_forget_while_crfm_is_behind_rebuilds_the_partials_it_can_no_longer_read
     assert silver_customers.join(metrics, "customer_id", "left_anti").count() == 0  # nobody else's events were lost
 
 
-def test_purge_deletes_rows_past_each_sources_retention_and_keeps_the_rest(spark, own_broker, directives):
-    profile, crom, functional = _all_layers_run(spark, own_broker, directives, 1000)
+def test_purge_deletes_rows_past_each_sources_retention_and_keeps_the_rest(spark, layers_run, tmp_path):
+    profile, directives, crom, functional = _all_layers_run(layers_run, tmp_path)
     sources = directives.only("operational").directive.sources
     read = lambda path: spark.read.format("delta").load(path)  # noqa: E731
     # As of the day that puts half of the web events past the web source's retention.

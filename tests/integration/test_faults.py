@@ -1,5 +1,5 @@
-"""Fault tolerance on the real stack: SIGKILLs at random points, a crash between the Delta
-writes and the checkpoint commit, and a broker restart, each checked record by record
+"""Fault tolerance on the real stack: SIGKILLs at every stage of a batch, a crash between the
+Delta writes and the checkpoint commit, and a broker restart, each checked record by record
 against what the generator produced. Each test has its own broker, topics and lakehouse."""
 
 from __future__ import annotations
@@ -44,13 +44,15 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
+def _wait_for(condition, timeout: float, what: str, fail: bool = True) -> None:
+    """Poll `condition` until it holds; past the deadline, fail (or, with fail=False, just return)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+    if fail:
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _tail(log: Path) -> str:
@@ -101,24 +103,48 @@ def exactly_once_problems(spark, profile, directives, events) -> list[str]:
     return problems
 
 
-def test_random_kills_lose_nothing_and_duplicate_nothing(spark, own_broker, directives, tmp_path):
+def _milestones(profile, log: Path) -> dict[str, int]:
+    """What a `crm ingest` run has reached, as counters that only grow: its log, the batches
+    its checkpoint planned and committed, and the commits of the CROM tables."""
+    checkpoint = Path(profile.checkpoint_path("crom_ingest"))
+    files = lambda folder, pattern: len(list(folder.glob(pattern))) if folder.exists() else 0  # noqa: E731
+    return {
+        "spark ready": log.read_text(errors="replace").count("Spark ready") if log.exists() else 0,
+        "batch planned": files(checkpoint / "offsets", "[0-9]*"),
+        "tables written": files(profile.lakehouse / "crom", "*/_delta_log/*.json"),
+        "batch committed": files(checkpoint / "commits", "[0-9]*"),
+    }
+
+
+# Where a kill lands: while Spark starts, or just after the run reaches a milestone, plus a
+# random delay within which the next step is under way (planning, the parallel table writes,
+# the checkpoint commit).
+KILL_POINTS = {"while starting": 6.0, "spark ready": 3.0, "batch planned": 2.0, "tables written": 1.0, "batch committed": 0.5}
+
+
+def test_kills_at_every_stage_of_a_batch_lose_nothing_and_duplicate_nothing(spark, own_broker, directives, tmp_path):
     profile, _ = own_broker
-    count = 50_000
+    count, batch = 24_000, 2_000  # a batch per kill at most, and some to spare
     stream = EventStream(2026, _topics(directives), mix=MIX)
     produce(profile.kafka, stream, 0, count, progress=lambda _: None)
     events = list(stream.events(0, count))
-    log, rng, kills = tmp_path / "ingest.log", random.Random(11), 0
-    while kills < 10:
-        proc = _start_ingest(profile, log)
-        # The kill point: anywhere from JVM start-up through the first (often replayed) batch.
-        deadline = time.monotonic() + rng.uniform(5.0, 60.0)
-        _wait_for(lambda: proc.poll() is not None or time.monotonic() > deadline, 120, "the kill point")
+    log, rng = tmp_path / "ingest.log", random.Random(11)
+    points = [point for point in KILL_POINTS for _ in range(2)]  # each stage twice, in random order
+    rng.shuffle(points)
+    killed = []
+    for point in points:
+        before = _milestones(profile, log)
+        proc = _start_ingest(profile, log, batch=batch)
+        if point != "while starting":
+            reached = lambda: _milestones(profile, log)[point] > before[point]  # noqa: E731
+            _wait_for(lambda: reached() or proc.poll() is not None, 300, point)
+        _wait_for(lambda: proc.poll() is not None, rng.uniform(0, KILL_POINTS[point]), "the delay", fail=False)
         if proc.poll() is not None:
             break
         _kill(proc)
-        kills += 1
-    assert kills >= 10, f"ingest stopped by itself after {kills} kills\n{_tail(log)}"
-    final = _start_ingest(profile, log)
+        killed.append(point)
+    assert killed == points, f"ingest stopped by itself after kills {killed}\n{_tail(log)}"
+    final = _start_ingest(profile, log, batch=count)  # what is left in one batch (a replayed one keeps its offsets)
     assert final.wait(timeout=900) == 0, _tail(log)
     assert exactly_once_problems(spark, profile, directives, events) == []
 
@@ -128,17 +154,17 @@ def _ingest_in_process(spark, profile, directives) -> None:
 
 
 @pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "negative-control"])
-def test_crash_between_writes_and_checkpoint_commit(spark, own_broker, directives, idempotent):
+def test_crash_between_writes_and_checkpoint_commit(spark, own_topics, idempotent):
     """Deleting the last commit file replays the last batch, as a crash just before it would.
 
     With idempotent writes the replay adds nothing; switched off, the same check that passes
-    after random kills must find the duplicates (so it is able to).
+    after the kills must find the duplicates (so it is able to).
     """
-    profile, _ = own_broker
-    profile = profile.model_copy(update={"ingest": profile.ingest.model_copy(update={"idempotent_writes": idempotent, "max_offsets_per_trigger": 1500})})
+    profile, directives = own_topics
+    profile = profile.model_copy(update={"ingest": profile.ingest.model_copy(update={"idempotent_writes": idempotent, "max_offsets_per_trigger": 600})})
     stream = EventStream(7, _topics(directives), mix=MIX)
-    produce(profile.kafka, stream, 0, 3000, progress=lambda _: None)
-    events = list(stream.events(0, 3000))
+    produce(profile.kafka, stream, 0, 1200, progress=lambda _: None)
+    events = list(stream.events(0, 1200))
     _ingest_in_process(spark, profile, directives)
     tables = CromTables.of(profile, list(_topics(directives)))
     paths = [tables.bronze, tables.quarantine, tables.batch_audit, *tables.silver.values()]
@@ -171,33 +197,33 @@ def test_broker_restart_mid_stream_loses_nothing(spark, own_broker, base_profile
             return 0
         return spark.read.format("delta").load(audit).agg(F.sum("records")).first()[0] or 0
 
-    produce(profile.kafka, stream, 0, 6000, progress=lambda _: None)
-    proc = _start_ingest(profile, log, streaming=True, batch=3000)
+    produce(profile.kafka, stream, 0, 2400, progress=lambda _: None)
+    proc = _start_ingest(profile, log, streaming=True, batch=1200)
     try:
-        _wait_for(lambda: ingested() >= 3000, 300, "the first batch in batch_audit")
-        broker.stop(base_profile, ports["data_dir"])  # mid-stream: 3000 records still to read
+        _wait_for(lambda: ingested() >= 1200, 300, "the first batch in batch_audit")
+        broker.stop(base_profile, ports["data_dir"])  # mid-stream: 1200 records still to read
         # The query now talks to a dead broker; bring it back with the same data and port.
         broker.start(base_profile, **ports)
-        produce(profile.kafka, stream, 6000, 2000, progress=lambda _: None)
+        produce(profile.kafka, stream, 2400, 800, progress=lambda _: None)
         deadline = time.monotonic() + 600
-        while ingested() < 8000 and time.monotonic() < deadline:
+        while ingested() < 3200 and time.monotonic() < deadline:
             if proc.poll() is not None:  # it failed instead of riding out the outage: say why, resume
                 assert "error" in _tail(log).lower(), _tail(log)
-                proc = _start_ingest(profile, log, streaming=True, batch=3000)
+                proc = _start_ingest(profile, log, streaming=True, batch=1200)
             time.sleep(0.5)
-        assert ingested() == 8000, _tail(log)
+        assert ingested() == 3200, _tail(log)
     finally:
         if proc.poll() is None:
             _kill(proc)
-    assert exactly_once_problems(spark, profile, directives, list(stream.events(0, 8000))) == []
+    assert exactly_once_problems(spark, profile, directives, list(stream.events(0, 3200))) == []
 
 
 def test_an_overlapping_scheduled_run_exits_at_once_and_the_first_finishes(spark, own_broker, directives, tmp_path):
     """What cron does when a run outlasts its interval: the next run starts beside it."""
     profile, _ = own_broker
     stream = EventStream(11, _topics(directives), mix=MIX)
-    events = list(stream.events(0, 3000))
-    produce(profile.kafka, stream, 0, 3000)
+    events = list(stream.events(0, 600))
+    produce(profile.kafka, stream, 0, 600, progress=lambda _: None)
     first = _start_ingest(profile, tmp_path / "first.log")
     lock = profile.checkpoints / "locks" / "ingest.lock"
     _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 120, "the first run to take the lock")

@@ -18,7 +18,6 @@ from pipelines.catalog import catalog
 from pipelines.config import REPO_ROOT
 from pipelines.crfm.job import run_functional
 from pipelines.crom.ingest import run_ingest, start_ingest
-from pipelines.crom.orders import read_rates
 from pipelines.crom.resolve import run_identities, run_web_sessions
 from pipelines.crom.text import score_texts
 from pipelines.crsm.job import run_strategic
@@ -27,24 +26,16 @@ from pipelines.directives import Loaded
 from pipelines.errors import CrmError
 from pipelines.generator import COMPLAINTS, LOG_LINES, PRODUCTS, REASON_OF_KIND, SILVER_KINDS, EventStream, produce
 from pipelines.privacy import hmac_key, phone_key
+from pipelines.rates import read_rates
 from pipelines.status import committed_offsets, lag
 from pipelines.tables import CromTables, functional_table, strategic_table
-from pipelines.topics import end_offsets, ensure_topics
+from pipelines.topics import end_offsets
 
 pytestmark = pytest.mark.integration
 
 SEED = 1234
 FIRST, SECOND = 3000, 800
 RATES = read_rates(REPO_ROOT / "conf" / "currency_rates.csv")
-
-
-@pytest.fixture
-def stack(kafka, profile, directives):
-    """A profile pointing at the session broker, with fresh topics names for this test."""
-    kprofile, _ = kafka
-    profile = profile.model_copy(update={"kafka": kprofile.kafka})
-    ensure_topics(profile.kafka, directives.only("operational").directive.sources)
-    return profile
 
 
 def _day(record: dict) -> date:
@@ -100,8 +91,8 @@ def _expected(events):
     return silver, quarantine, duplicates, late
 
 
-def test_broker_to_delta_with_exact_counts(spark, stack, directives):
-    profile = stack
+def test_broker_to_delta_with_exact_counts(spark, own_topics):
+    profile, directives = own_topics
     topics = {name: src.topic for name, src in directives.only("operational").directive.sources.items()}
     stream = EventStream(SEED, topics, bad_fraction=0.1)
     produce(profile.kafka, stream, 0, FIRST, progress=lambda _: None)
@@ -393,8 +384,8 @@ def test_broker_to_delta_with_exact_counts(spark, stack, directives):
     assert "| `email_key` | string | identification | hmac |" in text
 
 
-def test_wiped_checkpoint_is_refused(spark, stack, directives, tmp_path):
-    profile = stack
+def test_wiped_checkpoint_is_refused(spark, own_topics, tmp_path):
+    profile, directives = own_topics
     topics = {name: src.topic for name, src in directives.only("operational").directive.sources.items()}
     produce(profile.kafka, EventStream(99, topics), 0, 50, progress=lambda _: None)
     _ingest(spark, profile, directives)

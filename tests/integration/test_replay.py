@@ -3,8 +3,6 @@ CROM -> Delta, with every replayed record accounted for in exactly one place."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from pyspark.sql import functions as F
 
@@ -14,6 +12,7 @@ from pipelines.crom.resolve import run_identities, run_web_sessions
 from pipelines.replay import replay
 from pipelines.tables import CromTables
 from pipelines.topics import ensure_topics
+from tests.helpers import with_topic_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +23,9 @@ SOURCE_OF = {"apache-access": "web", "airline-tweets": "social", "loghub": "log"
 def test_a_slice_of_each_data_set_lands_in_exactly_one_place(spark, kafka, profile, directives):
     kprofile, _ = kafka
     profile = profile.model_copy(update={"kafka": kprofile.kafka})
-    base = directives.only("operational")
     # Topics of this test only: the session broker is shared with other tests.
-    sources = {n: s.model_copy(update={"topic": f"replay.{s.topic}"}) for n, s in base.directive.sources.items()}
-    operational = replace(base, directive=base.directive.model_copy(update={"sources": sources}))
+    operational = with_topic_prefix(directives, "replay").only("operational")
+    sources = operational.directive.sources
     ensure_topics(profile.kafka, sources)
     topics = {name: src.topic for name, src in sources.items()}
 

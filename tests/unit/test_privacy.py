@@ -44,6 +44,16 @@ def test_local_key_is_created_once_and_env_wins(tmp_path, monkeypatch):
     assert hmac_key(tmp_path) == b"from-env"
 
 
+def test_processes_creating_the_key_at_once_all_get_the_same_one(tmp_path, monkeypatch):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    monkeypatch.delenv("CRM_HMAC_KEY", raising=False)
+    with ProcessPoolExecutor(6, mp_context=multiprocessing.get_context("spawn")) as pool:
+        keys = set(pool.map(hmac_key, [tmp_path] * 24))
+    assert keys == {hmac_key(tmp_path)} and list((tmp_path / "secrets").iterdir()) == [tmp_path / "secrets" / "hmac.key"]
+
+
 @pytest.mark.parametrize(
     "text, kept",
     [
