@@ -147,16 +147,27 @@ def _ingest(spark, profile: Profile, directives, until_caught_up: bool) -> None:
     run_ingest(spark, profile, directives.only("operational"), directives.schemas, until_caught_up)
 
 
+def _sync_topics(profile: Profile, directives) -> None:
+    """The directive's topics as it says (created, retention, partitions); prints what changed."""
+    from pipelines.topics import sync_topics
+
+    for change in sync_topics(profile.kafka, directives.only("operational").directive.sources):
+        print(f"topic {change}")
+
+
+def cmd_topics(args, profile: Profile) -> int:
+    directives = _check_all(profile)
+    _sync_topics(profile, directives)
+    return 0
+
+
 def cmd_ingest(args, profile: Profile) -> int:
     from pipelines.connection import check_connection
-    from pipelines.topics import ensure_topics
 
     directives = _check_all(profile)
     check_connection(profile.kafka)  # before Spark starts: a wrong password or CA is one line at once
     with _single_run(profile, "ingest"):  # before Spark starts: an overlapping run exits at once
-        created = ensure_topics(profile.kafka, directives.only("operational").directive.sources)  # a source just added has none yet
-        if created:
-            log.info("created topics %s", ", ".join(created))
+        _sync_topics(profile, directives)  # a source just added has no topic yet; a changed retention reaches the broker
         _ingest(_spark(profile, "crom-ingest"), profile, directives, args.until_caught_up)
     return 0
 
@@ -368,11 +379,11 @@ def cmd_directives(args, profile: Profile) -> int:
     return 0
 
 
-def _every_job_held(profile: Profile) -> ExitStack:
-    """For commands that run or change what every job does: none of the jobs may run beside them."""
+def _every_job_held(profile: Profile, but: tuple[str, ...] = ()) -> ExitStack:
+    """For commands that run or change what every job does: none of the jobs (`but` these) may run beside them."""
     locks = ExitStack()
     try:
-        for job in JOBS:
+        for job in (j for j in JOBS if j not in but):
             locks.enter_context(_single_run(profile, job))
     except BaseException:
         locks.close()
@@ -387,23 +398,38 @@ def cmd_demo(args, profile: Profile) -> int:
 
 
 def cmd_forget(args, profile: Profile) -> int:
-    from pipelines.erasure import forget
+    from pipelines.crom.logs import forget_in_templates
+    from pipelines.erasure import customer_ids, forget, read_requests
     from pipelines.tables import CromTables
 
     directives = _check_all(profile)
-    with _every_job_held(profile):
+    ids = customer_ids([*args.customer, *(read_requests(args.requests) if args.requests else [])])
+    operational = directives.only("operational").directive
+    crom = CromTables.of(profile, list(directives.schemas))
+    # CROM may go on ingesting: the erasure's MERGEs retry when a batch commits under them. The
+    # jobs that read silver may not run beside it, or they could write back what it erased.
+    with _every_job_held(profile, but=("ingest",)):
         spark = _spark(profile, "crm-forget")
-        erased = forget(spark, profile.lakehouse, CromTables.of(profile, list(directives.schemas)), args.customer)
-    for e in erased:
-        print(f"  {e.table:<56} {e.deleted:>9,} rows deleted" + (f", {e.updated:,} rows lost the id from an array" if e.updated else ""))
-    print(f"forgot the customer in {len(erased)} tables and vacuumed every table; "
-          "Kafka keeps the raw events until each topic's retention_hours")  # fmt: skip
+        done = forget(spark, profile.lakehouse, crom, ids)
+        templates = {s: forget_in_templates(crom.log_templates_state(s), set(ids)) for s, src in operational.sources.items() if src.datafy.logs}
+    for e in done.erased:
+        print(f"  {e.table:<56} {e.deleted:>9,} rows deleted" + (f", {e.updated:,} rows lost an id from an array" if e.updated else ""))
+    for source, n in templates.items():
+        if n:
+            print(f"  {'crom/_state/log_templates_' + source:<56} {n:>9,} templates lost an id")
+    print(f"forgot {len(ids):,} customers in {len(done.erased)} tables and deleted the files every table ({done.vacuumed}) had removed")
+    retention = ", ".join(f"{src.topic} {src.retention_hours} h" for src in operational.sources.values())
+    print(f"Kafka keeps their raw events until each topic's retention ({retention}): a topic cannot delete single records")
+    if done.with_values_in_log:
+        print(f"these tables were written before their logs stopped keeping column statistics, so their Delta logs may still "
+              f"name the customers until the log retention (delta.logRetentionDuration): {', '.join(done.with_values_in_log)}")  # fmt: skip
     return 0
 
 
 def cmd_purge(args, profile: Profile) -> int:
     from datetime import datetime, timezone
 
+    from pipelines.crfm.retention import purge_partials
     from pipelines.erasure import purge
     from pipelines.tables import CromTables
 
@@ -416,9 +442,11 @@ def cmd_purge(args, profile: Profile) -> int:
     with _every_job_held(profile):
         spark = _spark(profile, "crm-purge")
         erased = purge(spark, CromTables.of(profile, list(directives.schemas)), operational.sources, now)
+        erased += purge_partials(spark, profile, directives, operational.sources, now)
     for e in erased:
         print(f"  {e.table:<56} {e.deleted:>9,} rows deleted")
-    print(f"purged {sum(e.deleted for e in erased):,} rows older than each source's delta_retention_days (as of {now:%Y-%m-%d %H:%M} UTC)")
+    print(f"purged {sum(e.deleted for e in erased):,} rows older than each source's delta_retention_days, CROM rows and CRFM partials "
+          f"(as of {now:%Y-%m-%d %H:%M} UTC)")  # fmt: skip
     return 0
 
 
@@ -434,6 +462,7 @@ def _demo(args, profile: Profile, directives) -> int:
         log.info("using the broker at %s", profile.kafka.bootstrap_servers)
     spark = None
     try:
+        _sync_topics(profile, directives)
         if args.replay:
             _replay(profile, directives, args.replay, None, None)
             manifest = None
@@ -521,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="send only the first N records")
     p.set_defaults(func=cmd_replay)
 
+    p = sub.add_parser("topics", parents=[common], help="make the topics what the operational directive says: create, retention, partitions")
+    p.add_argument("action", choices=["sync"])
+    p.set_defaults(func=cmd_topics)
+
     p = sub.add_parser("ingest", parents=[common], help="run CROM: Kafka -> bronze, silver, quarantine")
     p.add_argument("--until-caught-up", action="store_true", help="process what is there, then exit (for cron/Airflow)")
     p.set_defaults(func=cmd_ingest)
@@ -562,8 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the reports, one subfolder per strategic directive (default: <lakehouse>/_reports)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("forget", parents=[common], help="erase one customer from every table (DELETE, then VACUUM)")
-    p.add_argument("customer", help="the customer id, e.g. C000123")
+    p = sub.add_parser("forget", parents=[common], help="erase customers from every table of every layer, in one pass")
+    p.add_argument("customer", nargs="*", help="customer ids, e.g. C000123")
+    p.add_argument("--requests", type=Path, help="a file of erasure requests: one customer id per line, '#' starts a comment")
     p.set_defaults(func=cmd_forget)
     p = sub.add_parser("purge", parents=[common], help="delete CROM rows older than each source's delta_retention_days")
     p.add_argument("--as-of", help="the day retention counts back from (YYYY-MM-DD, UTC); default now")

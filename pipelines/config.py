@@ -163,20 +163,25 @@ def sample_data() -> Path:
 
 
 def inside(root: Path, path: Path, what: str) -> Path:
-    """`path` (relative to `root` unless absolute) with '..' folded away, refused if that leads
-    out of `root`. Links are followed later, as usual: making one is the operator's choice."""
-    folded = Path(os.path.normpath(root / path))
-    if not folded.is_relative_to(os.path.normpath(root)):
-        raise CrmError(f"{what}: {str(path)!r} leads outside {root}; refused")
-    return folded
+    """A file the project reads (a directive, schema, profile or rate table): `path`, relative
+    to `root` unless absolute, resolved through '..' and symbolic links; refused if it then
+    lies outside `root` (itself resolved), so a link cannot lead a directive out of its folder."""
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        shown = f"{path} -> {resolved}" if resolved != Path(os.path.normpath(root / path)) else str(path)
+        raise CrmError(f"{what}: {shown} leads outside {root}; refused")
+    return resolved
 
 
 def _resolve(path: str | Path, setting: str, where: Path) -> Path:
-    """A profile path: absolute as given, or relative to the repository root and inside it."""
+    """A profile's folder: absolute as given, or relative to the repository root, where '..'
+    may not lead out of it (a link may: placing the lakehouse on another disk is the operator's choice)."""
     p = Path(path).expanduser()
     if p.is_absolute():
         return p.resolve()
-    return inside(REPO_ROOT, p, f"{where}: {setting} (give an absolute path to mean another place)").resolve()
+    if not Path(os.path.normpath(REPO_ROOT / p)).is_relative_to(REPO_ROOT):
+        raise CrmError(f"{where}: {setting} (give an absolute path to mean another place): {str(p)!r} leads outside {REPO_ROOT}; refused")
+    return (REPO_ROOT / p).resolve()
 
 
 def _merged(base: dict, override: dict) -> dict:
@@ -193,7 +198,7 @@ def _read_profile(name: str, seen: tuple[str, ...]) -> dict:
         raise CrmError(f"profile name {name!r} must be a plain name of a file in {CONF_DIR}")
     if name in seen:
         raise CrmError(f"profiles extend each other in a loop: {' -> '.join((*seen, name))}")
-    path = CONF_DIR / f"{name}.yaml"
+    path = inside(CONF_DIR, Path(f"{name}.yaml"), "profile")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:

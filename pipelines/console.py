@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,14 +87,20 @@ def command_output(folder: Path, command: str, verbose: bool, native_to_log: boo
             logging.getLogger(name).setLevel(logging.DEBUG)  # the file gets our step-by-step detail
         for name, level in QUIETER.items():
             logging.getLogger(name).setLevel(level)
-        logging.captureWarnings(True)
+        saved_showwarning = warnings.showwarning
+        warnings.showwarning = _warning_to_log  # not logging.captureWarnings: a library's earlier call makes ours a no-op
         try:
             yield log_file
         finally:
-            logging.captureWarnings(False)
+            warnings.showwarning = saved_showwarning
             _native_log = None
             root.handlers, root.level = saved_handlers, saved_level
             to_file.close()
+
+
+def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    text = warnings.formatwarning(message, category, filename, lineno, line)
+    logging.getLogger("py.warnings").warning("%s", text.rstrip())
 
 
 @contextmanager

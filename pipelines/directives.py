@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pyspark.sql import types as T
 
+from pipelines import config
 from pipelines.derived_fields import ORDER_FIELDS, TEMPLATE_FIELDS, TEXT_FIELDS, WEB_FIELDS
 from pipelines.errors import CrmError, describe_validation_error
 from pipelines.line_layout import LineLayout
@@ -410,6 +411,7 @@ class Source(_Strict):
     partitions: int = Field(default=1, ge=1)
     retention_hours: int = Field(default=168, ge=1, description="Kafka topic retention.")
     delta_retention_days: int | None = Field(default=None, ge=1, description="`crm purge` deletes the source's CROM rows older than this; none keeps them.")
+    max_future_skew_hours: float | None = Field(default=None, gt=0, description="Overrides watermark.max_future_skew_hours for this source.")
     trust: Trust
     evolution: Evolution = Evolution()
     expectations: list[Expectation] = []
@@ -419,6 +421,9 @@ class Source(_Strict):
 class Watermark(_Strict):
     column: str = "event_time"
     delay_hours: int = Field(ge=1, description="Events older than the newest seen minus this are late.")
+    max_future_skew_hours: float = Field(
+        default=24, gt=0, description="An event time further ahead of its Kafka timestamp is quarantined (event_time_in_future); a source may set its own."
+    )
 
 
 class Limits(_Strict):
@@ -504,7 +509,7 @@ def _load_level(root: Path, level: str) -> dict[str, Loaded]:
     loaded: dict[str, Loaded] = {}
     folder = root / level
     for path in sorted(folder.glob("*.y*ml")):
-        raw = _read_yaml(path)
+        raw = _read_yaml(config.inside(root, path, "directive"))
         try:
             directive = _MODELS[level].model_validate(raw)
         except ValidationError as exc:
@@ -601,8 +606,6 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
 
 def _check_orders(where: str, orders: OrderFacts, schema: EventSchema) -> None:
     """The named fields exist with usable types, and the rate table covers every currency the schema allows."""
-    from pipelines.config import CONF_DIR, REPO_ROOT, inside
-
     wanted = {"amount": (T.DoubleType(), T.LongType()), "currency": (T.StringType(),), "promotion": (T.StringType(),)}
     for key, types in wanted.items():
         field = schema.field(getattr(orders, key))
@@ -612,7 +615,7 @@ def _check_orders(where: str, orders: OrderFacts, schema: EventSchema) -> None:
     needed = {"sku", "product", "quantity", "unit_price"}
     if items is None or not isinstance(items.spark_type, T.ArrayType) or not needed <= set(items.spark_type.elementType.names):
         raise CrmError(f"{where}.items: {orders.items!r} is not an array of line items ({', '.join(sorted(needed))}) in {schema.name}")
-    table = read_rates(inside(CONF_DIR, REPO_ROOT / orders.rates, f"{where}.rates"))
+    table = read_rates(config.inside(config.CONF_DIR, config.REPO_ROOT / orders.rates, f"{where}.rates"))
     allowed = set(schema.document["properties"][orders.currency].get("enum") or ())
     if allowed - table.currencies:
         raise CrmError(f"{where}.rates: {orders.rates} has no rate for {sorted(allowed - table.currencies)}, which {schema.name} allows")

@@ -17,16 +17,31 @@ USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 CHECKPOINT_INTERVAL_PROPERTY = "delta.checkpointInterval"
+STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
+# Column types whose min/max statistics say nothing about a person: times and numbers.
+_STATS_TYPES = (T.TimestampType, T.DateType, T.LongType, T.IntegerType, T.ShortType, T.DoubleType, T.FloatType)
+
+
+def stats_columns(schema: T.StructType) -> str:
+    """The columns a table keeps Delta statistics on (data skipping): top-level times and
+    numbers, never strings, which could name a customer in the log after `crm forget`."""
+    return ",".join(f.name for f in schema if isinstance(f.dataType, _STATS_TYPES))
 
 
 def ensure_table(spark: SparkSession, path: str, schema: T.StructType, checkpoint_interval: int | None = None) -> None:
     """Create the table with its declared schema, or check an existing one still has it.
 
     `checkpoint_interval`: commits between Delta checkpoints (Delta's default is 10), set on
-    an existing table too."""
+    an existing table too, as are the statistics columns (`stats_columns`)."""
+    wanted = {STATS_COLUMNS_PROPERTY: stats_columns(schema)} if stats_columns(schema) else {}
+    if checkpoint_interval is not None:
+        wanted[CHECKPOINT_INTERVAL_PROPERTY] = str(checkpoint_interval)
     if DeltaTable.isDeltaTable(spark, path):
-        if checkpoint_interval is not None and table_property(spark, path, CHECKPOINT_INTERVAL_PROPERTY) != str(checkpoint_interval):
-            spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{CHECKPOINT_INTERVAL_PROPERTY}' = '{checkpoint_interval}')")
+        properties = DeltaTable.forPath(spark, path).detail().first()["properties"]
+        changed = {k: v for k, v in wanted.items() if properties.get(k) != v}
+        if changed:
+            settings = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
+            spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({settings})")
         actual = {f.name: f.dataType for f in spark.read.format("delta").load(path).schema}
         for field in schema:
             if field.name not in actual:
@@ -39,8 +54,8 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, checkpoin
         return
     _clear_interrupted_create(spark, path)
     create = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
-    if checkpoint_interval is not None:
-        create = create.property(CHECKPOINT_INTERVAL_PROPERTY, str(checkpoint_interval))
+    for key, value in wanted.items():
+        create = create.property(key, value)
     create.execute()
 
 
@@ -116,11 +131,15 @@ class BatchAppender:
                         break
         return self._last[path]
 
-    def append(self, df: DataFrame, path: str, batch_id: int) -> bool:
-        """Append unless this batch is already in the table; True if written."""
+    def append(self, df: DataFrame, path: str, batch_id: int, add_columns: bool = False) -> bool:
+        """Append unless this batch is already in the table; True if written. With `add_columns`,
+        columns the table lacks are added to it (a table that gained columns in a release)."""
         if self.enabled and batch_id <= self.last_batch(path):
             return False
-        df.write.format("delta").mode("append").option("userMetadata", f"{self.app_id}:{batch_id}").save(path)
+        writer = df.write.format("delta").mode("append").option("userMetadata", f"{self.app_id}:{batch_id}")
+        if add_columns:
+            writer = writer.option("mergeSchema", "true")
+        writer.save(path)
         self._last[path] = batch_id
         return True
 

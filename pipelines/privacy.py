@@ -69,6 +69,12 @@ def hmac_sha256(value: Column, key: bytes) -> Column:
     return F.sha2(F.concat(outer_pad, inner), 256)
 
 
+def customer_pseudonym(customer_id: Column, key: bytes) -> Column:
+    """The customer id's keyed pseudonym: what leaves the lakehouse (Kafka topics) in its
+    place; crom/identity_map (key type `customer`) maps it back."""
+    return hmac_sha256(customer_id, key)
+
+
 def normalise_identifier(value: Column) -> Column:
     """Case-fold and trim before hashing, so that 'A@x.com ' and 'a@x.com' get one pseudonym."""
     return F.lower(F.trim(value))

@@ -1,9 +1,9 @@
-"""Kafka topics, created from the operational directives with kafka-python's admin client."""
+"""Kafka topics, kept as the operational directives say with kafka-python's admin client."""
 
 from __future__ import annotations
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from pipelines.config import KafkaSettings
@@ -34,6 +34,33 @@ def ensure_topics(kafka: KafkaSettings, sources: dict[str, Source | Recommendati
         return [t.name for t in wanted]
     finally:
         admin.close()
+
+
+def sync_topics(kafka: KafkaSettings, sources: dict[str, Source | Recommendations]) -> list[str]:
+    """Bring every topic to what its directive entry says: missing topics are created, and
+    existing ones get the directive's retention and, when it grew, its partition count.
+    Returns one line per change; a topic cannot lose partitions, so a smaller count is
+    reported and left alone."""
+    changes = [f"{topic}: created" for topic in ensure_topics(kafka, sources)]
+    wanted = {src.topic: src for src in sources.values()}
+    admin = connect(KafkaAdminClient, kafka)
+    try:
+        partitions = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": None}) for topic in wanted]
+        retention = {topic: int(c["retention.ms"]["value"]) for topic, c in admin.describe_configs(resources, config_filter="all")["topic"].items()}
+        for topic, src in sorted(wanted.items()):
+            target_ms = src.retention_hours * 3_600_000
+            if retention[topic] != target_ms:
+                admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": str(target_ms)})])
+                changes.append(f"{topic}: retention {retention[topic] / 3_600_000:g} h -> {src.retention_hours} h")
+            if partitions[topic] < src.partitions:
+                admin.create_partitions({topic: NewPartitions(total_count=src.partitions)})
+                changes.append(f"{topic}: partitions {partitions[topic]} -> {src.partitions}")
+            elif partitions[topic] > src.partitions:
+                changes.append(f"{topic}: keeps {partitions[topic]} partitions (the directive says {src.partitions}; a topic cannot lose partitions)")
+    finally:
+        admin.close()
+    return changes
 
 
 def end_offsets(kafka: KafkaSettings, topics: list[str]) -> dict[tuple[str, int], int]:

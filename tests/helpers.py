@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import replace
 
 
@@ -34,3 +35,19 @@ def with_topic_prefix(directives, prefix: str):
     sources = {name: src.model_copy(update={"topic": f"{prefix}.{src.topic}"}) for name, src in base.directive.sources.items()}
     operational = replace(base, directive=base.directive.model_copy(update={"sources": sources}))
     return DirectiveSet(directives.strategic, directives.functional, {operational.directive.id: operational}, directives.schemas)
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, deadline_s: float = 60.0) -> list:
+    """The records of a topic (kafka-python ConsumerRecords), read until `expected` arrived or the deadline passed."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    records: list = []
+    deadline = time.monotonic() + deadline_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=1000).values():
+                records += batch
+    finally:
+        consumer.close()
+    return records

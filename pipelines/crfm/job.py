@@ -28,7 +28,7 @@ from pipelines.config import Profile
 from pipelines.crfm.incremental import Fold, update_partials
 from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, earlier_labels, feeds, joined, parameter_variants, source_parts
 from pipelines.crfm.segments import check_scores, scores, segments
-from pipelines.directives import DirectiveSet, Loaded
+from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded
 from pipelines.lakehouse import overwrite_unless_current, table_version
 from pipelines.tables import functional_table, silver_table
 from pipelines.timing import describe, timed
@@ -56,7 +56,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     """Bring the directive's tables up to date; `full` recomputes the partials from all of silver."""
     directive = functional.directive
     # What is measured: the customer parameters (part "") and each breakdown (part "by_...").
-    measured = {"": directive} | {b.name: directive.measuring(b) for b in directive.breakdowns}
+    measured = measured_parts(directive)
     fed = {part: feeds(each) for part, each in measured.items()}  # each part's partials tables
     sources = sorted({feed.source for named in fed.values() for feed in named.values()})
     paths = {s: silver_table(profile, s) for s in sources}
@@ -72,7 +72,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     phases: dict[str, float] = {}
 
     def partials_table(part: str, name: str) -> str:
-        return functional_table(profile, directive.id, f"{part}_partials_{name}" if part else f"partials_{name}")
+        return partials_path(profile, directive.id, part, name)
 
     def partials(source: str):  # one stream per silver table feeds every partials table that reads it
         folds = [
@@ -156,6 +156,16 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     if rebuilt:
         log.debug("functional %s: %d customers from silver version %d, %d new events (%s)", directive.id, customers, source_version, new_events, describe(phases))
     return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns)
+
+
+def measured_parts(directive: FunctionalDirective) -> dict[str, FunctionalDirective]:
+    """What a directive measures: the customer parameters (part "") and each breakdown (part "by_...")."""
+    return {"": directive} | {b.name: directive.measuring(b) for b in directive.breakdowns}
+
+
+def partials_path(profile: Profile, directive_id: str, part: str, name: str) -> str:
+    """The partials table that feed `name` of a part folds into."""
+    return functional_table(profile, directive_id, f"{part}_partials_{name}" if part else f"partials_{name}")
 
 
 def _directive_version(spark: SparkSession, table: str) -> int | None:

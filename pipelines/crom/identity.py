@@ -2,7 +2,8 @@
 
 Keys are the fields a schema marks with `x-crm-key` (email, phone, cookie, device, handle),
 already normalised and pseudonymised in silver (phones in E.164, emails case-folded, then a
-keyed HMAC). A key is resolved when every event that carries it next to a customer id names
+keyed HMAC), and the customer id's own pseudonym (key type `customer`): what the upper
+layers publish on Kafka instead of the id, and what the operational CRM maps back here. A key is resolved when every event that carries it next to a customer id names
 the same customer. A key claimed by two or more customers is a conflict: it keeps its
 claimants, resolves to no one and is counted; customers are never merged silently. A key
 never seen with a customer id (an anonymous cookie) is kept, unresolved.
@@ -16,16 +17,19 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipelines.privacy import customer_pseudonym
 from pipelines.schemas import EventSchema, hashed_name
 
 
-def key_links(silver: DataFrame, schema: EventSchema, source: str, time_column: str) -> DataFrame | None:
+def key_links(silver: DataFrame, schema: EventSchema, source: str, time_column: str, key: bytes) -> DataFrame | None:
     """One row per (event, key it carries): key_type, key_hash, customer_id (or null), event time, source."""
     customer = next((f.name for f in schema.fields if f.identity == "customer"), None)
-    keys = [(f.identity, hashed_name(f.name) if f.pii == "hmac" else f.name) for f in schema.fields if f.identity not in (None, "customer")]
+    keys = [(f.identity, F.col(hashed_name(f.name) if f.pii == "hmac" else f.name)) for f in schema.fields if f.identity not in (None, "customer")]
+    if customer:
+        keys.append(("customer", customer_pseudonym(F.col(customer), key)))
     if not keys:
         return None
-    carried = F.explode(F.array(*[F.struct(F.lit(kind).alias("key_type"), F.col(column).alias("key_hash")) for kind, column in keys]))
+    carried = F.explode(F.array(*[F.struct(F.lit(kind).alias("key_type"), value.alias("key_hash")) for kind, value in keys]))
     return (
         silver.select(
             carried.alias("key"),

@@ -99,8 +99,11 @@ class BatchWriter:
         self.phase_history: dict[int, dict[str, float]] = {}  # batch id -> seconds per phase, for `make bench`
         self.batch_counts: dict[int, dict] = {}  # batch id -> records, quarantined, watermarks, for the progress listener
         # Column expressions are built once: building them costs thousands of JVM calls.
-        decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic")
-        self.parser = Parser(self.by_topic, limits=directive.limits, evolution=self.evolution, columns=decoded)
+        decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic", "kafka_timestamp")
+        skew = {name: src.max_future_skew_hours or directive.watermark.max_future_skew_hours for name, src in directive.sources.items()}
+        self.parser = Parser(
+            self.by_topic, limits=directive.limits, evolution=self.evolution, columns=decoded, future_skew_hours=skew, time_column=self.time_column
+        )
         self.stage_columns = records.stage_columns(
             self.topics,
             self.rule_columns,

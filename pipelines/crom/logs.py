@@ -162,6 +162,49 @@ class LogTemplates:
         if self.miner.persistence_handler is not None:
             self.miner.save_state("saved")
 
+    def forget(self, words: set[str]) -> int:
+        """Replace `words` (erased customers' ids) by the wildcard wherever the miner kept them:
+        in templates, and as keys of its search tree. Returns how many templates changed."""
+        drain = self.miner.drain
+        wildcard = drain.param_str
+        changed = 0
+        for cluster in drain.clusters:
+            tokens = [wildcard if token in words else token for token in cluster.log_template_tokens]
+            if tokens != list(cluster.log_template_tokens):
+                cluster.log_template_tokens = tuple(tokens)
+                changed += 1
+        nodes = [drain.root_node]
+        while nodes:
+            node = nodes.pop()
+            for key in [k for k in node.key_to_child_node if k in words]:
+                child = node.key_to_child_node.pop(key)
+                if wildcard in node.key_to_child_node:
+                    _merge(node.key_to_child_node[wildcard], child)
+                else:
+                    node.key_to_child_node[wildcard] = child
+            nodes.extend(node.key_to_child_node.values())
+        return changed
+
+
+def _merge(into, other) -> None:
+    """Merge one branch of drain3's search tree into another, so no template becomes unreachable."""
+    into.cluster_ids = list(dict.fromkeys([*into.cluster_ids, *other.cluster_ids]))
+    for key, child in other.key_to_child_node.items():
+        if key in into.key_to_child_node:
+            _merge(into.key_to_child_node[key], child)
+        else:
+            into.key_to_child_node[key] = child
+
+
+def forget_in_templates(state: Path, words: set[str]) -> int:
+    """Erase `words` from a source's template state file (`crm forget`); templates changed."""
+    if not state.exists():
+        return 0
+    templates = LogTemplates(state=state)
+    changed = templates.forget(words)
+    templates.save()
+    return changed
+
 
 def mine_templates(rows: DataFrame, field: str, layout: str | None, state: Path) -> DataFrame:
     """Rows plus TEMPLATE_FIELDS mined from the string column `field`.

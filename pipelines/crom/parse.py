@@ -29,6 +29,7 @@ UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 EXTRA_FIELD = "extra_field"
+EVENT_TIME_IN_FUTURE = "event_time_in_future"  # further ahead of the Kafka timestamp than the source allows
 UNKNOWN_TOPIC = "unknown_topic"
 EXPECTATION_FAILED = "expectation_failed"  # set later, by the directive's quarantine rules
 
@@ -272,8 +273,11 @@ class Parser:
 
     Building the expressions takes some 20k calls into the JVM (seconds), and Columns are
     unresolved until applied, so a streaming job builds them once. `columns` are the raw
-    frame's columns: `value` (string), `kafka_topic`, and optionally `payload_bytes`, `key`
-    and `value_utf8` (whether the bytes were valid UTF-8).
+    frame's columns: `value` (string), `kafka_topic`, and optionally `payload_bytes`, `key`,
+    `value_utf8` (whether the bytes were valid UTF-8) and `kafka_timestamp`. With
+    `kafka_timestamp` and `future_skew_hours` (per source), an event whose `time_column` is
+    further ahead of its Kafka timestamp is rejected as event_time_in_future, so a broken
+    clock or a hostile record never reaches silver or moves a watermark.
     """
 
     def __init__(
@@ -283,6 +287,8 @@ class Parser:
         limits: Limits | None = None,
         evolution: dict[str, Evolution] | None = None,
         columns: tuple[str, ...] = ("value", "kafka_topic"),
+        future_skew_hours: dict[str, float] | None = None,
+        time_column: str = "event_time",
     ):
         limits = limits or Limits()
         evolution = evolution or {}
@@ -293,6 +299,7 @@ class Parser:
         code = F.lit(UNKNOWN_TOPIC)  # unreachable while the query subscribes to directive topics only
         detail = F.lit(None).cast("string")
         drift = F.lit(None).cast("string")
+        future, future_detail = F.lit(False), F.lit(None).cast("string")
         for t, schema in by_topic.items():
             this = topic == t
             policy = evolution.get(schema.source, Evolution())
@@ -306,6 +313,11 @@ class Parser:
             detail = F.when(this, schema_detail).otherwise(detail)
             if lenient:
                 drift = F.when(this & ~fast, _drift(schema)).otherwise(drift)
+            skew = (future_skew_hours or {}).get(schema.source)
+            if skew is not None and "kafka_timestamp" in columns:
+                ahead = F.unix_micros(F.col(f"_t_{schema.source}")[time_column]) - F.unix_micros(F.col("kafka_timestamp"))
+                future = F.when(this, F.coalesce(ahead > F.lit(int(skew * 3_600_000_000)), F.lit(False))).otherwise(future)
+                future_detail = F.when(this, F.lit(f"{time_column} more than {skew:g} h after the Kafka timestamp")).otherwise(future_detail)
         # One withColumns per dependency level: each call analyses the whole plan again.
         self.steps = [
             {"_pre_code": pre_code, "_pre_detail": pre_detail},
@@ -314,10 +326,12 @@ class Parser:
                 f"_t_{schema.source}": F.when(topic == t, F.try_variant_get(F.col("_v"), "$", schema.spark_schema.simpleString()))
                 for t, schema in by_topic.items()
             },
-            {"_ok": F.col("_pre_code").isNull() & ok},
+            {"_ok": F.col("_pre_code").isNull() & ok & ~future, "_future": F.col("_pre_code").isNull() & ok & future},
             {
-                "reason_code": F.when(~F.col("_ok"), F.coalesce(F.col("_pre_code"), code)),
-                "reason_detail": F.when(~F.col("_ok"), F.when(F.col("_pre_code").isNotNull(), F.col("_pre_detail")).otherwise(detail)),
+                "reason_code": F.when(~F.col("_ok"), F.coalesce(F.col("_pre_code"), F.when(F.col("_future"), F.lit(EVENT_TIME_IN_FUTURE)), code)),
+                "reason_detail": F.when(~F.col("_ok"), F.when(F.col("_pre_code").isNotNull(), F.col("_pre_detail"))
+                                        .when(F.col("_future"), future_detail)
+                                        .otherwise(detail)),  # fmt: skip
                 "drift": F.when(F.col("_ok"), drift),
             },
         ]

@@ -21,6 +21,7 @@ from pipelines.crom.web import sessionise, sessions
 from pipelines.directives import Loaded
 from pipelines.errors import CrmError
 from pipelines.lakehouse import overwrite_unless_current, table_version
+from pipelines.privacy import hmac_key
 from pipelines.schemas import EventSchema, hashed_name
 from pipelines.tables import CromTables
 
@@ -47,7 +48,7 @@ class SessionsRun:
 
 
 def _customer_key_sources(operational: Loaded, schemas: dict[str, EventSchema]) -> list[str]:
-    return [s for s in operational.directive.sources if any(f.identity not in (None, "customer") for f in schemas[s].fields)]
+    return [s for s in operational.directive.sources if any(f.identity is not None for f in schemas[s].fields)]
 
 
 def run_identities(spark: SparkSession, profile: Profile, operational: Loaded, schemas: dict[str, EventSchema]) -> IdentityRun:
@@ -61,7 +62,8 @@ def run_identities(spark: SparkSession, profile: Profile, operational: Loaded, s
 
     def identity_map() -> DataFrame:
         read = lambda s: spark.read.format("delta").load(tables.silver[s])  # noqa: E731
-        links = [key_links(read(s), schemas[s], s, directive.watermark.column) for s in sources]
+        key = hmac_key(profile.cache)
+        links = [key_links(read(s), schemas[s], s, directive.watermark.column, key) for s in sources]
         return resolve_identities(reduce(DataFrame.unionByName, links))
 
     rebuilt = overwrite_unless_current(spark, tables.identity_map, source_version, identity_map)

@@ -26,6 +26,7 @@ from pipelines.crsm.validity import CHECK_SCHEMA, CURVE_SCHEMA, assess, kpi_valu
 from pipelines.directives import DirectiveSet, Loaded
 from pipelines.errors import CrmError
 from pipelines.lakehouse import BatchAppender, overwrite_unless_current
+from pipelines.privacy import hmac_key
 from pipelines.tables import functional_table, strategic_table
 from pipelines.topics import ensure_topics
 
@@ -112,11 +113,11 @@ def _recommend(spark: SparkSession, profile: Profile, directive, scored: DataFra
     appender = BatchAppender(spark, RECOMMENDATIONS_APP_ID)
     if appender.last_batch(path) >= version:
         return
-    rows = recommend(scored, directive, version, where).select("*", *_lineage(directive, version)).cache()
+    rows = recommend(scored, directive, version, hmac_key(profile.cache), where).select("*", *_lineage(directive, version)).cache()
     try:
         ensure_topics(profile.kafka, {"recommendations": directive.recommendations})
         sent = publish(rows, profile.kafka, directive.recommendations.topic)
-        appender.append(rows, path, version)
+        appender.append(rows, path, version, add_columns=True)  # a table from before customer_key gains it
         log.info("recommendations of %s: %d published to %s", directive.id, sent, directive.recommendations.topic)
     finally:
         rows.unpersist()

@@ -1,8 +1,10 @@
 """The closed knowledge loop: the customers a strategic directive's rules single out, as
 recommendations for the operational CRM, in a Delta table and on a Kafka topic.
 
-Each recommendation has an id derived from the directive, the functional version, the rule
-and the customer, so a consumer that sees one twice (a rerun after a crash between the
+The topic carries the customer's keyed pseudonym (`customer_key`), never the id: the
+operational side maps it back through crom/identity_map (key type `customer`). Each
+recommendation has an id derived from the directive, the functional version, the rule and
+that pseudonym, so a consumer that sees one twice (a rerun after a crash between the
 publish and the table append) can drop the copy.
 """
 
@@ -18,11 +20,13 @@ from pipelines.config import KafkaSettings
 from pipelines.directives import StrategicDirective
 from pipelines.errors import CrmError
 from pipelines.connection import connect
+from pipelines.privacy import customer_pseudonym
 
 GRAIN = "customer_id"
+KEY = "customer_key"  # the grain's pseudonym, what the topic carries
 
 
-def recommend(scored: DataFrame, directive: StrategicDirective, version: int, where: str = "") -> DataFrame:
+def recommend(scored: DataFrame, directive: StrategicDirective, version: int, key: bytes, where: str = "") -> DataFrame:
     """One row per customer and rule that selects them, ranked by the rule's priority."""
     parts = []
     for i, rule in enumerate(directive.recommendations.rules):
@@ -42,12 +46,14 @@ def recommend(scored: DataFrame, directive: StrategicDirective, version: int, wh
     ranked = reduce(DataFrame.unionByName, parts).withColumn(
         "rank", F.row_number().over(Window.partitionBy("recommendation").orderBy(F.desc_nulls_last("priority"), GRAIN))
     )
-    key = F.concat_ws("|", F.lit(directive.id), F.lit(str(version)), F.col("recommendation"), F.col(GRAIN))
-    return ranked.select(F.sha2(key, 256).alias("recommendation_id"), "*")
+    pseudonymised = ranked.withColumn(KEY, customer_pseudonym(F.col(GRAIN), key))
+    identity = F.concat_ws("|", F.lit(directive.id), F.lit(str(version)), F.col("recommendation"), F.col(KEY))
+    return pseudonymised.select(F.sha2(identity, 256).alias("recommendation_id"), "*")
 
 
 def publish(recommendations: DataFrame, kafka: KafkaSettings, topic: str) -> int:
-    """Send each recommendation as JSON, keyed by customer, and wait for the broker's acks.
+    """Send each recommendation as JSON, keyed by the customer's pseudonym and without the
+    customer id, and wait for the broker's acks.
 
     The rows stream to the driver a partition at a time (toLocalIterator), and kafka-python's
     producer is closed when done, so nothing keeps retrying a broker that later stops.
@@ -57,7 +63,8 @@ def publish(recommendations: DataFrame, kafka: KafkaSettings, topic: str) -> int
     producer = connect(KafkaProducer, kafka, acks="all", linger_ms=20)
     sent = 0
     try:
-        for row in recommendations.select(F.col(GRAIN).alias("key"), F.to_json(F.struct(*recommendations.columns)).alias("value")).toLocalIterator():
+        shared = [c for c in recommendations.columns if c != GRAIN]
+        for row in recommendations.select(F.col(KEY).alias("key"), F.to_json(F.struct(*shared)).alias("value")).toLocalIterator():
             producer.send(topic, key=(row["key"] or "").encode(), value=row["value"].encode())
             sent += 1
         producer.flush()

@@ -12,6 +12,8 @@ with the project's own broker on a free 127.0.0.1 port and about 50k-record batc
 - restart: `crm ingest` killed with SIGKILL, restarted, timed to its first committed batch;
 - functional: the CRFM job over the datafied run's silver tables, incremental (the newest 1%
   of events folded into partials kept from the other 99%) against a full recompute;
+- erasure: `crm forget` over the functional part's lakehouse, one customer (`forget_1_s`), then
+  a hundred in one request (`forget_100_s`);
 - scaling: `crm ingest` on local[1] pinned to one CPU, local[2] on two (and, for comparison,
   local[1] on two) and a standalone cluster of two one-core workers, records per second over
   the same batches (tests/bench/scale.py);
@@ -52,9 +54,11 @@ from pyspark.sql import functions as F
 from pipelines import broker
 from pipelines.config import REPO_ROOT, load_profile, sample_data
 from pipelines.crfm.job import run_functional
+from pipelines.crom.resolve import run_identities, run_web_sessions
 from pipelines.crom.ingest import BatchWriter, start_ingest, start_query
 from pipelines.crom.text import score_texts
 from pipelines.directives import Datafy, load_directives
+from pipelines.erasure import forget
 from pipelines.generator import EventStream, produce
 from pipelines.spark import get_spark
 from pipelines.tables import CromTables, silver_table
@@ -63,7 +67,7 @@ from tests.bench import scale
 
 RESULTS = REPO_ROOT / "bench-results.json"
 LATENCY_SECONDS = 60
-PARTS = ("functional", "sentiment", "restart", "scaling", "latency", "small_batches")
+PARTS = ("functional", "erasure", "sentiment", "restart", "scaling", "latency", "small_batches")
 SMALL_BATCHES, SMALL_BATCH_RECORDS, SMALL_BATCH_WARM_UP = 16, 500, 3
 KAFKA_ROW = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
 STEPS = {"parse_only": "", "validated": ", Great Expectations", "datafied": ", Great Expectations, log templates, text facts"}
@@ -252,6 +256,27 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     }
 
 
+def erasure(spark, functional_run: Path, directives) -> dict[str, float]:
+    """`crm forget` on the functional benchmark's lakehouse (silver and every CRFM table, with
+    the identity map and web sessions built first): one customer, then a hundred others in one
+    request."""
+    operational = directives.only("operational")
+    profile = load_profile("local").model_copy(update={"lakehouse": functional_run / "lakehouse", "checkpoints": functional_run / "checkpoints"})
+    sources = [s for s in operational.directive.sources if Path(silver_table(profile, s)).exists()]
+    trimmed = replace(operational, directive=operational.directive.model_copy(update={"sources": {s: operational.directive.sources[s] for s in sources}}))
+    run_identities(spark, profile, trimmed, directives.schemas)
+    run_web_sessions(spark, profile, trimmed, directives.schemas)
+    crom = CromTables.of(profile, sources)
+    buyers = spark.read.format("delta").load(crom.silver["transaction"]).select("customer_id").distinct().orderBy("customer_id").limit(101)
+    ids = [r[0] for r in buyers.collect()]
+    out = {}
+    for key, request in (("forget_1_s", ids[:1]), ("forget_100_s", ids[1:])):
+        started = time.monotonic()
+        forget(spark, profile.lakehouse, crom, request)
+        out[key] = time.monotonic() - started
+    return out
+
+
 GOALS = {
     "incremental_vs_full": ("<=", 0.10),
     "scaling_local2_vs_local1": (">=", 1.6),
@@ -286,6 +311,8 @@ def main() -> None:
         parser.error(f"--parts: choose from {', '.join(PARTS)}")
     if {"functional", "latency"} & parts and "datafied" not in chosen:
         parser.error("--parts functional and latency need the datafied variant")
+    if "erasure" in parts and "functional" not in parts:
+        parser.error("--parts erasure needs the functional part (it erases from its lakehouse)")
     scaling_needs = (scale.SCALING_WARM_UP + scale.SCALING_BATCHES + 1) * scale.SCALING_BATCH  # one to spare: the last measured batch is full
     if "scaling" in parts and args.events < scaling_needs:
         parser.error(
@@ -361,6 +388,9 @@ def main() -> None:
             print("functional: CRFM over the newest 1% of silver, incremental against a full recompute", flush=True)
             datafied = profile.model_copy(update={"lakehouse": work / "lakehouse-datafied"})
             results.update(functional(spark, datafied, directives, work / "crfm"))
+        if "erasure" in parts:
+            print("erasure: crm forget of one customer, then of a hundred in one request, over silver and CRFM", flush=True)
+            results.update(erasure(spark, work / "crfm", directives))
         if "sentiment" in parts:
             print("sentiment: Arrow batch UDF against a row-at-a-time UDF, real tweets", flush=True)
             results.update(sentiment(spark, _tweets(copies=5)))

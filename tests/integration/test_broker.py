@@ -55,3 +55,32 @@ def test_stop_after_crash_cleans_up(base_profile, tmp_path):
     assert not (data_dir / "broker.pid").exists()
     with socket.socket() as sock:  # the port is free again
         sock.bind(("127.0.0.1", port))
+
+
+def test_topics_follow_the_directive_retention_and_partitions(own_topics):
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from pipelines.topics import sync_topics
+
+    profile, directives = own_topics  # the shipped settings: created by the fixture
+    sources = directives.only("operational").directive.sources
+    assert sync_topics(profile.kafka, sources) == []  # already as the directive says
+    web, log = sources["web"], sources["log"]
+    changed = {
+        "web": web.model_copy(update={"retention_hours": 24, "partitions": web.partitions + 1}),
+        "new": log.model_copy(update={"topic": f"{log.topic}.new"}),
+    }
+    lines = sync_topics(profile.kafka, {**sources, **changed})
+    assert f"{web.topic}: retention {web.retention_hours} h -> 24 h" in lines
+    assert f"{web.topic}: partitions {web.partitions} -> {web.partitions + 1}" in lines
+    assert f"{log.topic}.new: created" in lines and len(lines) == 3
+    admin = KafkaAdminClient(bootstrap_servers=profile.kafka.bootstrap_servers)
+    try:
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, web.topic, configs={"retention.ms": None})], config_filter="all")
+        assert configs["topic"][web.topic]["retention.ms"]["value"] == str(24 * 3_600_000)
+        assert {t["name"]: len(t["partitions"]) for t in admin.describe_topics([web.topic])} == {web.topic: web.partitions + 1}
+    finally:
+        admin.close()
+    shrunk = sync_topics(profile.kafka, {"web": changed["web"].model_copy(update={"partitions": 1})})
+    assert shrunk == [f"{web.topic}: keeps {web.partitions + 1} partitions (the directive says 1; a topic cannot lose partitions)"]

@@ -6,12 +6,10 @@ must match a recomputation from the raw file."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer
 from pyspark.sql import functions as F
 
 from pipelines.config import load_profile, sample_data
@@ -24,6 +22,7 @@ from pipelines.directives import load_directives
 from pipelines.replay import replay
 from pipelines.tables import CromTables, functional_table, strategic_table
 from pipelines.topics import ensure_topics
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -50,20 +49,6 @@ def _histories_from_the_file() -> pd.DataFrame:
     per["holdout"] = holdout.reindex(per.index).fillna(0).astype(int)
     per.index = "cdnow-" + per.index
     return per
-
-
-def _read_topic(bootstrap: str, topic: str, expected: int, deadline_s: float = 60.0) -> list[bytes]:
-    """Every record value of a topic, read until `expected` arrived or the deadline passed."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
-    values: list[bytes] = []
-    deadline = time.monotonic() + deadline_s
-    try:
-        while len(values) < expected and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=1000).values():
-                values += [r.value for r in records]
-    finally:
-        consumer.close()
-    return values
 
 
 def test_cdnow_sample_reproduces_the_published_fits(spark, kafka, tmp_path):
@@ -133,8 +118,8 @@ def test_cdnow_sample_reproduces_the_published_fits(spark, kafka, tmp_path):
     at_risk = customers.where((F.col("clv") >= 20) & (F.col("p_alive") < 0.5)).select("customer_id")
     chosen = recs.where(F.col("recommendation") == "valuable_customer_at_risk").select("customer_id")
     assert at_risk.count() > 0 and sorted(at_risk.collect()) == sorted(chosen.collect())
-    published = _read_topic(profile.kafka.bootstrap_servers, "cdnow.recommendations", recs.count())
-    assert sorted(json.loads(v)["recommendation_id"] for v in published) == sorted(r[0] for r in recs.select("recommendation_id").collect())
+    published = read_topic(profile.kafka.bootstrap_servers, "cdnow.recommendations", recs.count())
+    assert sorted(json.loads(r.value)["recommendation_id"] for r in published) == sorted(r[0] for r in recs.select("recommendation_id").collect())
 
     # A rerun on the same functional version changes nothing.
     again = run_strategic(spark, profile, directives, directives.only("strategic"))

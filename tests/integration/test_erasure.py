@@ -4,26 +4,40 @@ silver keep running incrementally."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import re
 import shutil
+import subprocess
+import sys
+import time
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from kafka import KafkaProducer
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.config import load_profile
 from pipelines.crfm.job import run_functional
-from pipelines.crom.ingest import run_ingest
+from pipelines.crfm.retention import purge_partials
+from pipelines.crom.ingest import run_ingest, start_ingest
 from pipelines.crom.resolve import run_identities, run_web_sessions
+from pipelines.crsm.job import run_strategic
+from pipelines.crsm.report import build_report
 from pipelines.erasure import forget, purge
 from pipelines.generator import EventStream, produce
+from pipelines.privacy import hmac_key, phone_key
 from pipelines.tables import CromTables, functional_table
 from pipelines.topics import ensure_topics
-from tests.helpers import with_topic_prefix
+from tests.helpers import crm_env, with_topic_prefix
+
+CRM = str(Path(sys.executable).parent / "crm")
 
 pytestmark = pytest.mark.integration
 
@@ -38,25 +52,6 @@ def _run_layers(spark, profile, directives) -> None:
 def _produce(profile, directives, first: int, n: int) -> None:
     sources = directives.only("operational").directive.sources
     produce(profile.kafka, EventStream(5, {s: src.topic for s, src in sources.items()}), first, n, progress=lambda _: None)
-
-
-def _raw_mentions(lakehouse: Path, words: list[str]) -> dict[str, int]:
-    """Data files (not the Delta log) whose string values name any of `words`: read as plain Parquet, as an attacker would."""
-    pattern = re.compile("|".join(rf"(?<![A-Za-z0-9_]){re.escape(w)}(?![A-Za-z0-9_])" for w in words))
-    found: dict[str, int] = {}
-    for file in lakehouse.rglob("*.parquet"):
-        if "_delta_log" in file.parts:
-            continue
-        for column in pq.ParquetFile(file).read().columns:  # the file alone, no partition folders
-            if pa.types.is_list(column.type):
-                column = column.combine_chunks().flatten()
-            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-                continue
-            hits = sum(1 for value in column.to_pylist() if value and pattern.search(value))
-            if hits:
-                key = str(file.relative_to(lakehouse)).split("/")[1]
-                found[key] = found.get(key, 0) + hits
-    return found
 
 
 BASE_EVENTS = 1200
@@ -90,40 +85,109 @@ def _comparable(spark, path: str):
     return spark.read.format("delta").load(path).drop("computed_at")
 
 
-def test_forget_erases_a_customer_from_every_file_and_the_streams_go_on(spark, layers_run, tmp_path):
+def _identifiers(events, customers: set[str], key: bytes) -> dict[str, set[str]]:
+    """Every way each customer can be written down: id, e-mail, phone (as sent and in E.164),
+    card number, and the keyed pseudonyms of the id, e-mail, phone, cookies and handles."""
+    pseudonym = lambda value: hmac.new(key, value.encode(), hashlib.sha256).hexdigest()  # noqa: E731
+    found = {c: {c, pseudonym(c)} for c in customers}
+    for e in events:
+        r = json.loads(e.value)
+        c = r.get("customer_id")
+        if c not in customers:
+            continue
+        if e.source == "transaction":
+            email, phone, card = r["customer_email"], r["customer_phone"], r["payment_card"]
+            found[c] |= {email, email.strip(" ").lower(), pseudonym(email.strip(" ").lower()), card, card.replace(" ", "")}
+            if phone:
+                e164 = phone_key(phone, r["customer_country"])
+                found[c] |= {phone, e164, pseudonym(e164)}
+        elif e.source == "web":
+            found[c].add(pseudonym(r["cookie_id"].strip(" ").lower()))
+        elif e.source == "social":
+            found[c].add(pseudonym(r["handle"].strip(" ").lower()))
+    return found
+
+
+def _texts(file: Path) -> list[str]:
+    """What a file says, as an attacker would read it: its bytes, the values of a Parquet file
+    (data or Delta checkpoint), and the inflated form of a compressed state file."""
+    raw = file.read_bytes()
+    texts = [raw.decode("utf-8", errors="replace")]
+    if file.suffix == ".parquet":
+        texts.append(json.dumps(pq.ParquetFile(file).read().to_pylist(), default=str))  # the file alone, no partition folders
+    try:
+        texts.append(zlib.decompress(base64.b64decode(raw, validate=True)).decode("utf-8", errors="replace"))
+    except (ValueError, zlib.error):
+        pass
+    return texts
+
+
+def _leaks(roots: list[Path], identifiers: dict[str, set[str]]) -> dict[str, list[str]]:
+    """File -> the customers some identifier of whom it holds."""
+    found = {}
+    for root in roots:
+        for file in (p for p in root.rglob("*") if p.is_file()):
+            text = "\n".join(_texts(file))
+            named = sorted(c for c, forms in identifiers.items() if any(form in text for form in forms))
+            if named:
+                found[str(file)] = named
+    return found
+
+
+def test_forget_leaves_nothing_of_three_customers_and_the_streams_go_on(spark, layers_run, tmp_path):
     profile, directives, crom, functional = _all_layers_run(layers_run, tmp_path)
+    operational = directives.only("operational")
+    strategic = directives.only("strategic")
+    run_strategic(spark, profile, directives, strategic)
+    build_report(spark, profile, directives, strategic)
+    sources = operational.directive.sources
+    events = list(EventStream(5, {s: src.topic for s, src in sources.items()}).events(0, BASE_EVENTS))
+    seen_in = {}
+    for e in events:
+        text = e.value.decode()
+        for c in {json.loads(text).get("customer_id")} | set(re.findall(r"C\d{6}", text)) - {None}:
+            seen_in.setdefault(c, set()).add(e.source)
+    customers = sorted(c for c, where in seen_in.items() if where == set(sources))[:3]  # each in every source
+    assert len(customers) == 3
+    identifiers = _identifiers(events, set(customers), hmac_key(profile.cache))
+    roots = [profile.lakehouse, profile.checkpoints]
+    assert len(_leaks(roots, identifiers)) > 20  # the scan finds them before: it can
 
-    buyers = spark.read.format("delta").load(crom.silver["transaction"]).groupBy("customer_id").count()
-    customer = buyers.orderBy(F.desc("count"), "customer_id").first()["customer_id"]
-    keys = spark.read.format("delta").load(crom.silver["transaction"]).where(F.col("customer_id") == customer)
-    email, rows = keys.select("customer_email_hmac").first()[0], keys.count()
-    before = _raw_mentions(profile.lakehouse, [customer, email])
-    assert {"silver_transaction", "bronze", "customer_metrics", "customer_metrics_partials_transaction"} <= set(before)
+    # A running CROM stream beside the erasure, which runs as users run it.
+    query = start_ingest(spark, profile, operational, directives.schemas, until_caught_up=False)
+    try:
+        logs = set((profile.cache / "logs").glob("crm-forget-*.log"))
+        requests = tmp_path / "requests.txt"
+        requests.write_text(f"# this week's requests\n{customers[0]}\n")
+        run = subprocess.run([CRM, "forget", customers[1], customers[2], "--requests", str(requests)], env=crm_env(profile),
+                             capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "forgot 3 customers" in run.stdout and "Kafka keeps their raw events until each topic's retention" in run.stdout
+        new_logs = set((profile.cache / "logs").glob("crm-forget-*.log")) - logs
+        assert new_logs and _leaks(list(new_logs), identifiers) == {}
+        assert not any(form in run.stdout + run.stderr for forms in identifiers.values() for form in forms)
 
-    erased = {e.table: e for e in forget(spark, profile.lakehouse, crom, customer)}
-
-    assert _raw_mentions(profile.lakehouse, [customer, email]) == {}
-    assert erased["crom/silver_transaction"].deleted == rows
-    assert erased["crom/identity_map"].deleted > 0  # the e-mail and phone keys tied to the customer
-    assert erased["crfm/customer_metrics_by_channel_partials_transaction"].updated > 0  # gone from the distinct buyers only
-    for source in ("web", "social", "transaction"):  # the sources with a customer_id column
-        assert spark.read.format("delta").load(crom.silver[source]).where(F.col("customer_id") == customer).count() == 0
-
-    # New events arrive; the CRFM streams skip forget's DELETE commits and fold only them.
-    silver_before = {s: spark.read.format("delta").load(p).count() for s, p in crom.silver.items()}
-    _produce(profile, directives, BASE_EVENTS, 400)  # events of this test's own (the topics are the module's)
-    _run_layers(spark, profile, directives)
-    incremental = run_functional(spark, profile, directives, functional)
-    measured = {p.source for p in functional.directive.parameters}
-    added = sum(spark.read.format("delta").load(crom.silver[s]).count() - silver_before[s] for s in measured)
-    assert not incremental.rebuilt_partials and incremental.new_events == added > 0
-    table = functional_table(profile, functional.directive.id)
-    kept = _comparable(spark, table).cache()
-    kept.count()
-    recomputed = run_functional(spark, profile, directives, functional, full=True)
-    assert recomputed.rebuilt_partials
-    assertDataFrameEqual(kept, _comparable(spark, table), rtol=1e-9)  # the forgotten partials were exactly right
-    kept.unpersist()
+        # The stream goes on: new events of other customers land.
+        audit = lambda: spark.read.format("delta").load(crom.batch_audit).agg(F.sum("records")).first()[0]  # noqa: E731
+        before = audit()
+        others = [e for e in EventStream(6, {s: src.topic for s, src in sources.items()}).events(10_000, 300)
+                  if not any(c.encode() in e.value for c in customers)]  # fmt: skip
+        producer = KafkaProducer(bootstrap_servers=profile.kafka.bootstrap_servers, acks="all")
+        for e in others:
+            producer.send(e.topic, key=e.key, value=e.value)
+        producer.flush()
+        producer.close()
+        deadline = time.monotonic() + 300
+        while audit() < before + len(others) and time.monotonic() < deadline and query.exception() is None:
+            query.awaitTermination(2)
+        assert query.exception() is None and audit() == before + len(others)
+    finally:
+        query.stop()
+    run_identities(spark, profile, operational, directives.schemas)
+    after = run_functional(spark, profile, directives, functional)  # the next CRFM run goes on
+    assert after.new_events > 0
+    assert _leaks(roots, identifiers) == {}
+    assert spark.read.format("delta").load(functional_table(profile, functional.directive.id)).where(F.col("customer_id").isin(customers)).count() == 0
 
 
 def test_forget_while_crfm_is_behind_rebuilds_the_partials_it_can_no_longer_read(spark, layers_run, tmp_path):
@@ -132,7 +196,7 @@ def test_forget_while_crfm_is_behind_rebuilds_the_partials_it_can_no_longer_read
     _run_layers(spark, profile, directives)  # CRFM has not read these
     newest = spark.read.format("delta").load(crom.silver["transaction"]).orderBy(F.desc("batch_id"), "customer_id").first()["customer_id"]
 
-    forget(spark, profile.lakehouse, crom, newest)
+    forget(spark, profile.lakehouse, crom, [newest])
     run = run_functional(spark, profile, directives, functional)
 
     assert run.rebuilt_partials  # a file it had not read was rewritten and vacuumed
@@ -146,16 +210,23 @@ def test_purge_deletes_rows_past_each_sources_retention_and_keeps_the_rest(spark
     profile, directives, crom, functional = _all_layers_run(layers_run, tmp_path)
     sources = directives.only("operational").directive.sources
     read = lambda path: spark.read.format("delta").load(path)  # noqa: E731
-    # As of the day that puts half of the web events past the web source's retention.
-    middle = read(crom.silver["web"]).select(F.percentile_approx("event_time", 0.5)).first()[0]
-    as_of = middle + timedelta(days=sources["web"].delta_retention_days)
+    # As of the day that puts the first day of web events past the web source's retention.
+    first = read(crom.silver["web"]).agg(F.min("event_time")).first()[0]
+    second_day = first.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    as_of = second_day + timedelta(days=sources["web"].delta_retention_days)
     cutoffs = {s: as_of - timedelta(days=src.delta_retention_days) for s, src in sources.items() if src.delta_retention_days}
     assert sources["transaction"].delta_retention_days is None  # purchases are kept
     expected = {s: read(p).where(F.col("event_time") >= cutoffs[s]).count() if s in cutoffs else read(p).count() for s, p in crom.silver.items()}
     assert 0 < expected["web"] < read(crom.silver["web"]).count()
     bronze_before = {"web": read(crom.bronze).where(F.col("kafka_topic") == sources["web"].topic).count()}
+    partials = {p.name: str(p) for p in (profile.lakehouse / "crfm").glob("*_partials_*")}
+    source_of = {name: next(s for s in sources if name.endswith(f"_partials_{s}") or name.endswith(f"_partials_{s}_touches")) for name in partials}
+    old_days = lambda name: read(partials[name]).where(F.col("day") < cutoffs[source_of[name]].date()).count()  # noqa: E731
+    assert old_days("customer_metrics_partials_web") > 0 and old_days("customer_metrics_partials_social") > 0
+    kept_orders = {name: read(path).count() for name, path in partials.items() if source_of[name] == "transaction"}
 
     purged = purge(spark, crom, sources, as_of)
+    purged_partials = purge_partials(spark, profile, directives, sources, as_of)
 
     assert {s: read(p).count() for s, p in crom.silver.items()} == expected
     assert {e.table for e in purged} >= {"crom/silver_web (web)", "crom/silver_log (log)", "crom/bronze (log)"}
@@ -163,5 +234,9 @@ def test_purge_deletes_rows_past_each_sources_retention_and_keeps_the_rest(spark
     # source's 90 days from `as_of` reach past today, the web source's two years do not.
     bronze = {s: read(crom.bronze).where(F.col("kafka_topic") == src.topic).count() for s, src in sources.items()}
     assert bronze["log"] == 0 and bronze["web"] == bronze_before["web"]
+    # CRFM's daily partials follow their source's retention too; purchases' are kept.
+    assert {name: old_days(name) for name in partials if source_of[name] in cutoffs} == {name: 0 for name in partials if source_of[name] in cutoffs}
+    assert {name: read(partials[name]).count() for name in kept_orders} == kept_orders
+    assert "crfm/customer_metrics_partials_web (web)" in {e.table for e in purged_partials}
     run = run_functional(spark, profile, directives, functional)  # the streams skip the DELETE commits
     assert not run.rebuilt_partials and run.new_events == 0

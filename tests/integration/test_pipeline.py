@@ -30,6 +30,7 @@ from pipelines.rates import read_rates
 from pipelines.status import committed_offsets, lag
 from pipelines.tables import CromTables, functional_table, strategic_table
 from pipelines.topics import end_offsets
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +65,7 @@ def _claims(events, key: bytes) -> dict[tuple[str, str], set[str]]:
             keys = [("handle", r["handle"].strip(" ").lower())]
         else:
             keys = []
+        keys += [("customer", r["customer_id"])] if r.get("customer_id") else []  # the id's own pseudonym
         for kind, value in keys:
             claims[(kind, pseudonym(value))].update([r["customer_id"]] if r["customer_id"] else [])
     return claims
@@ -367,6 +369,15 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
     recs = read(strategic_table(profile, strategic.directive.id, "recommendations"))
     follow_ups = {r["customer_id"] for r in recs.where(F.col("recommendation") == "complaint_follow_up").collect()}
     assert follow_ups == set(complained)
+    # On the topic, each is keyed by the customer's pseudonym and names no customer id; the
+    # identity map (CROM, the operational side) maps the pseudonym back.
+    ours = {r["recommendation_id"]: r["customer_id"] for r in recs.collect()}
+    topic = strategic.directive.recommendations.topic
+    on_topic = sum(end_offsets(profile.kafka, [topic]).values())  # other tests' runs publish there too
+    published = [m for m in read_topic(profile.kafka.bootstrap_servers, topic, on_topic) if json.loads(m.value)["recommendation_id"] in ours]
+    assert len(published) == len(ours) and not any(b"customer_id" in m.value or any(c.encode() in m.value for c in follow_ups) for m in published)
+    back = {r["key_hash"]: r["resolved_customer_id"] for r in read(tables.identity_map).where(F.col("key_type") == "customer").collect()}
+    assert {back[m.key.decode()] for m in published} == set(ours.values())
     # Same functional version again: no second snapshot.
     run_strategic(spark, profile, directives, strategic)
     assert read(result.table).count() == len(kpis)

@@ -66,3 +66,15 @@ def test_the_secure_profile_takes_its_secrets_from_the_environment_and_never_sho
     assert jaas.endswith('username="analyst" password="canary\\"\\\\pw";')  # quoted for JAAS
     assert "canary" not in repr(profile) and "canary" not in str(profile)
     assert "canary" not in repr(profile.kafka.client_options())  # kafka-python's admin client logs its settings at DEBUG
+
+
+def test_a_profile_that_links_out_of_conf_is_refused(tmp_path: Path, monkeypatch):
+    conf, outside = tmp_path / "conf", tmp_path / "outside.yaml"
+    conf.mkdir()
+    outside.write_text("extends: local\n")
+    (conf / "local.yaml").write_text((config.CONF_DIR / "local.yaml").read_text())
+    (conf / "linked.yaml").symlink_to(outside)
+    monkeypatch.setattr(config, "CONF_DIR", conf)
+    with pytest.raises(CrmError, match=r"^profile: linked.yaml -> .*outside.yaml leads outside .*conf; refused$"):
+        config.load_profile("linked")
+    assert config.load_profile("local").name == "local"  # a plain file in conf/ loads

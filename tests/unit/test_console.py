@@ -33,6 +33,19 @@ def test_native_output_warnings_and_other_loggers_go_to_the_log_file(tmp_path, c
     assert log_file.parent == tmp_path and log_file.name.startswith("crm-demo-")
 
 
+def test_warnings_reach_the_log_after_a_library_turned_capture_on_and_the_filter_was_reset(tmp_path):
+    # Great Expectations calls logging.captureWarnings(True); a later catch_warnings exit restores
+    # showwarning, so a second captureWarnings(True) would do nothing.
+    with warnings.catch_warnings():
+        logging.captureWarnings(True)
+    try:
+        with console.command_output(tmp_path, "demo", verbose=False) as log_file:
+            warnings.warn("after a library's capture", UserWarning, stacklevel=1)
+        assert "UserWarning: after a library's capture" in log_file.read_text()
+    finally:
+        logging.captureWarnings(False)
+
+
 def test_verbose_shows_everything_and_leaves_the_descriptors(tmp_path, capfd):
     with console.command_output(tmp_path, "demo", verbose=True) as log_file:
         assert console.native_log() is None

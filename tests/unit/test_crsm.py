@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from pipelines.errors import CrmError
 from pipelines.tables import functional_table, strategic_table
 
 REPO = Path(__file__).resolve().parents[2]
+KEY = b"k" * 32
 
 
 def _directive(**kpi_changes):
@@ -62,17 +65,21 @@ def _with_recommendations(when: str):
 
 def test_recommendations_select_rank_and_name_each_customer(params):
     directive = _with_recommendations("complaints_30d > 0 OR frequency_90d >= 2")
-    rows = recommend(params, directive, version=7).orderBy("rank").collect()
+    rows = recommend(params, directive, version=7, key=KEY).orderBy("rank").collect()
     assert [(r["customer_id"], r["rank"], r["priority"]) for r in rows] == [("C2", 1, 11.0), ("C1", 2, 3.0), ("C3", 3, 2.0)]
-    again = {r["customer_id"]: r["recommendation_id"] for r in recommend(params, directive, version=7).collect()}
+    # The key the topic carries: the customer id's keyed pseudonym, as crom/identity_map has it.
+    assert all(r["customer_key"] == hmac.new(KEY, r["customer_id"].encode(), hashlib.sha256).hexdigest() for r in rows)
+    again = {r["customer_id"]: r["recommendation_id"] for r in recommend(params, directive, version=7, key=KEY).collect()}
     assert again == {r["customer_id"]: r["recommendation_id"] for r in rows}  # the same ids on a rerun
-    later = {r["customer_id"]: r["recommendation_id"] for r in recommend(params, directive, version=8).collect()}
+    later = {r["customer_id"]: r["recommendation_id"] for r in recommend(params, directive, version=8, key=KEY).collect()}
     assert set(later.values()).isdisjoint(again.values())
+    other_key = {r["customer_id"]: r["recommendation_id"] for r in recommend(params, directive, version=7, key=b"x" * 32).collect()}
+    assert set(other_key.values()).isdisjoint(again.values())  # ids come from the pseudonym, not the bare id
 
 
 def test_recommendation_on_an_unknown_column_is_refused(params):
     with pytest.raises(CrmError, match=r"s.yaml: recommendations.rules\[0\] \(follow_up\): .*complaints_7d"):
-        recommend(params, _with_recommendations("complaints_7d > 0 AND complaints_30d > 0 AND frequency_90d > 0"), 1, "s.yaml")
+        recommend(params, _with_recommendations("complaints_7d > 0 AND complaints_30d > 0 AND frequency_90d > 0"), 1, KEY, "s.yaml")
 
 
 def test_a_purchase_model_that_cannot_be_fitted_leaves_only_its_kpis_without_value(spark, profile):

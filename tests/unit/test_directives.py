@@ -365,3 +365,35 @@ def test_a_rate_table_outside_conf_is_refused(tmp_path, base_profile, rates):
     path.write_text(path.read_text().replace("rates: conf/currency_rates.csv", f"rates: {rates}"))
     with pytest.raises(CrmError, match=r"sources.transaction.datafy.orders.rates: .* leads outside .*conf; refused"):
         load_directives(root, base_profile.schemas)
+
+
+def test_a_directive_that_links_out_of_its_folder_is_refused(tree: Path, tmp_path: Path):
+    outside = tmp_path / "elsewhere.yaml"
+    shutil.copy(tree / "operational" / "ingest_events.yaml", outside)
+    (tree / "operational" / "ingest_events.yaml").unlink()
+    (tree / "operational" / "ingest_events.yaml").symlink_to(outside)
+    with pytest.raises(CrmError, match=r"^directive: .*operational/ingest_events.yaml -> .*elsewhere.yaml leads outside .*directives; refused$"):
+        _load(tree)
+
+
+def test_a_schema_that_links_out_of_its_folder_is_refused(tree: Path, tmp_path: Path):
+    schemas = tmp_path / "schemas"
+    shutil.copytree(REPO / "schemas", schemas)
+    outside = tmp_path / "web.v1.json"
+    (schemas / "web.v1.json").rename(outside)
+    (schemas / "web.v1.json").symlink_to(outside)
+    with pytest.raises(CrmError, match=r"sources.web.schema: schema: .*web.v1.json -> .*/web.v1.json leads outside .*schemas; refused$"):
+        load_directives(tree, schemas)
+
+
+def test_a_rate_table_that_links_out_of_conf_is_refused(tree: Path, tmp_path: Path, monkeypatch):
+    from pipelines import config
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "rates.csv").write_text((REPO / "conf" / "currency_rates.csv").read_text())
+    (tmp_path / "conf" / "rates.csv").symlink_to(tmp_path / "rates.csv")
+    monkeypatch.setattr(config, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(config, "CONF_DIR", tmp_path / "conf")
+    _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["transaction"]["datafy"]["orders"].update(rates="conf/rates.csv"))
+    with pytest.raises(CrmError, match=r"datafy.orders.rates: .*conf/rates.csv -> .*/rates.csv leads outside .*conf; refused$"):
+        _load(tree)

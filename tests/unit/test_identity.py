@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import datetime
 from functools import reduce
 
@@ -15,6 +17,11 @@ from pipelines.privacy import hmac_sha256, normalise_phone, phone_key
 from pipelines.schemas import load_schema, parse_schema
 
 T0 = datetime(2026, 1, 1)
+KEY = b"k" * 32
+
+
+def _pseudonym(customer_id: str) -> str:
+    return hmac.new(KEY, customer_id.encode(), hashlib.sha256).hexdigest()
 
 
 def _links(spark, schemas_dir):
@@ -32,16 +39,18 @@ def _links(spark, schemas_dir):
     )
     social = spark.createDataFrame([("c2", "h1", T0)], "customer_id string, handle_hmac string, event_time timestamp")
     frames = [
-        key_links(tx, load_schema(schemas_dir, "transaction.v1"), "transaction", "event_time"),
-        key_links(web, load_schema(schemas_dir, "web.v1"), "web", "event_time"),
-        key_links(social, load_schema(schemas_dir, "social.v1"), "social", "event_time"),
+        key_links(tx, load_schema(schemas_dir, "transaction.v1"), "transaction", "event_time", KEY),
+        key_links(web, load_schema(schemas_dir, "web.v1"), "web", "event_time", KEY),
+        key_links(social, load_schema(schemas_dir, "social.v1"), "social", "event_time", KEY),
     ]
     return reduce(DataFrame.unionByName, frames)
 
 
 def test_keys_resolve_conflicts_are_counted_not_merged(spark, base_profile):
     rows = {(r["key_type"], r["key_hash"]): r for r in resolve_identities(_links(spark, base_profile.schemas)).collect()}
-    assert set(rows) == {("email", "e1"), ("email", "e2"), ("phone", "p1"), ("cookie", "k1"), ("cookie", "k2"), ("handle", "h1")}
+    customers = {("customer", _pseudonym(c)) for c in ("c1", "c2")}  # each customer id's own pseudonym, too
+    assert set(rows) == {("email", "e1"), ("email", "e2"), ("phone", "p1"), ("cookie", "k1"), ("cookie", "k2"), ("handle", "h1")} | customers
+    assert {rows[k]["resolved_customer_id"] for k in customers} == {"c1", "c2"} and rows[("customer", _pseudonym("c1"))]["events"] == 3
     assert (rows[("email", "e1")]["resolved_customer_id"], rows[("email", "e1")]["events"]) == ("c1", 2)
     assert rows[("cookie", "k1")]["resolved_customer_id"] == "c1"  # the anonymous visit links through the cookie
     assert rows[("handle", "h1")]["resolved_customer_id"] == "c2"

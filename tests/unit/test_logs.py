@@ -83,3 +83,20 @@ def test_template_ids_survive_restarts_on_real_lines(tmp_path):
         miner.save()
     assert restarted == in_one_go
     assert len(set(in_one_go)) > 10  # real variety, not one catch-all template
+
+
+def test_forgetting_words_removes_them_from_templates_and_the_tree_and_keeps_ids(tmp_path):
+    from pipelines.crom.logs import forget_in_templates
+
+    state = tmp_path / "templates.json"
+    miner = LogTemplates(state=state)
+    first = miner.mine("session opened for alice by root")
+    other = miner.mine("disk full on sda")
+    miner.save()
+    assert "alice" in first.template
+    assert forget_in_templates(state, {"alice"}) == 1
+    again = LogTemplates(state=state)
+    templates = {c.cluster_id: " ".join(c.log_template_tokens) for c in again.miner.drain.clusters}
+    assert templates[first.template_id] == "session opened for <*> by root" and "alice" not in str(templates)
+    assert again.mine("session opened for bob by root").template_id == first.template_id  # still found through the tree
+    assert again.mine("disk full on sda").template_id == other.template_id

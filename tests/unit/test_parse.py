@@ -181,3 +181,29 @@ def test_the_parse_plan_is_optimised_in_a_few_passes(spark, base_profile):
     execution.optimizedPlan()
     passes = execution.tracker().rules().get("org.apache.spark.sql.catalyst.optimizer.ConstantFolding").get().numInvocations()
     assert passes <= 8
+
+
+def test_an_event_time_too_far_ahead_of_its_kafka_timestamp_is_rejected(spark, base_profile):
+    schema = load_schema(base_profile.schemas, "transaction.v1")
+    parser = P.Parser({"crm.transaction": schema}, SOURCES, columns=("value", "kafka_topic", "kafka_timestamp"), future_skew_hours={"transaction": 24})
+    sent = "2026-06-01 12:00:00"
+    rows = [
+        ("far future", _with(event_time="9999-12-31T23:59:59Z"), sent),
+        ("a day and a minute ahead", _with(event_time="2026-06-02T12:01:00Z"), sent),
+        ("within the skew", _with(event_time="2026-06-02T11:59:00Z"), sent),
+        ("years in the past, as a replay", _with(event_time="1997-01-01T00:00:00Z"), sent),
+        ("ahead and malformed", _with(event_time="9999-12-31T23:59:59Z")[:-5], sent),
+    ]
+    frame = spark.createDataFrame(rows, "case string, value string, kafka_timestamp string").select(
+        "case", "value", F.lit("crm.transaction").alias("kafka_topic"), F.to_timestamp("kafka_timestamp").alias("kafka_timestamp")
+    )
+    got = {r["case"]: r for r in parser(frame).collect()}
+    assert {case: r["reason_code"] for case, r in got.items()} == {
+        "far future": P.EVENT_TIME_IN_FUTURE,
+        "a day and a minute ahead": P.EVENT_TIME_IN_FUTURE,
+        "within the skew": None,
+        "years in the past, as a replay": None,
+        "ahead and malformed": P.MALFORMED_JSON,  # the first reason wins
+    }
+    assert got["far future"]["reason_detail"] == "event_time more than 24 h after the Kafka timestamp"
+    assert got["far future"]["transaction"] is None and got["within the skew"]["transaction"] is not None

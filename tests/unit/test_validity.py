@@ -101,7 +101,9 @@ def _silver(spark, untrusted_complaints: int):
     return {"social": social, "transaction": orders}
 
 
-@pytest.mark.parametrize("untrusted, verdict", [(0, "resolved"), (20, "unresolved")])
+# One untrusted complainer moves the share from 5/50 to 6/51 (18%): between the directive's
+# "resolved" (5%) and "unresolved" (20%) thresholds, so sensitive; twenty move it 257%.
+@pytest.mark.parametrize("untrusted, verdict", [(0, "resolved"), (1, "sensitive"), (20, "unresolved")])
 def test_untrusted_events_that_shift_a_kpi_make_veracity_not_resolved(spark, untrusted, verdict):
     silver = _silver(spark, untrusted)
     as_of = F.lit(AS_OF)
@@ -115,8 +117,7 @@ def test_untrusted_events_that_shift_a_kpi_make_veracity_not_resolved(spark, unt
     assert base["complaining_share"] == pytest.approx(0.1)
     judged = assess(spark, STRATEGIC, FUNCTIONAL, params, variants, base, kpi_values_by(STRATEGIC))
     checks = {row[1]: row for row in judged.checks}
-    # With 20 untrusted complainers the share would be 25 / 70: a move of 257%.
     assert checks["V5"][3] == verdict
-    assert checks["V5"][4] == pytest.approx(0.0 if untrusted == 0 else (25 / 70 - 0.1) / 0.1)
+    assert checks["V5"][4] == pytest.approx(((5 + untrusted) / (50 + untrusted) - 0.1) / 0.1)
     # Without social posts nobody complains (a share of 0): the KPI rests on that one source.
     assert checks["V3"][3] == "unresolved" and checks["V3"][4] == pytest.approx(1.0)
