@@ -28,9 +28,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.crsm.kpis import kpi_rows
-from pipelines.crsm.purchase_model import FittedModel, fit_purchase_model, score_customers, unscored
+from pipelines.crsm.purchase_model import FittedModel, fit_purchase_models_by, score_customers_by
 from pipelines.directives import FunctionalDirective, StrategicDirective, Validity
-from pipelines.errors import CrmError
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +67,24 @@ CURVE_SCHEMA = T.StructType(
 
 def kpi_values_by(directive: StrategicDirective, fitted: FittedModel | None = None) -> ValuesBy:
     """KPIs per group of rows. With a purchase model each group is refitted (starting from
-    `fitted`) and rescored, so the checks see the model's own uncertainty too."""
+    `fitted`) and rescored, so the checks see the model's own uncertainty too: all groups'
+    histories come back in one pass, and one pass scores every group with its own fit."""
     model = directive.purchase_model
 
     def values_by(frame: DataFrame, by: str) -> dict:
+        if model is not None:
+            cached = frame.cache()  # read the perturbed frame once for the fits and the scores
+            try:
+                fits = fit_purchase_models_by(cached, model, by, start=fitted)
+                return _values(score_customers_by(cached, model, fits, by), by)
+            finally:
+                cached.unpersist()
+        return _values(frame, by)
+
+    def _values(frame: DataFrame, by: str) -> dict:
         found: dict = {}
-        if model is None:
-            for r in kpi_rows(frame, directive, by=by).select(by, "kpi", "value").collect():  # groups x KPIs
-                found.setdefault(r[by], {})[r["kpi"]] = r["value"]
-            return found
-        frame = frame.cache()  # read the perturbed frame once for all its groups
-        try:
-            for group in [r[0] for r in frame.select(by).distinct().collect()]:  # a few dozen groups
-                part = frame.where(F.col(by) == F.lit(group)).drop(by)
-                try:
-                    part = score_customers(part, model, fit_purchase_model(part, model, start=fitted))
-                except CrmError:  # e.g. no repeat buyer left: KPIs on model outputs have no value
-                    part = unscored(part)
-                found[group] = {r["kpi"]: r["value"] for r in kpi_rows(part, directive).select("kpi", "value").collect()}
-        finally:
-            frame.unpersist()
+        for r in kpi_rows(frame, directive, by=by).select(by, "kpi", "value").collect():  # groups x KPIs
+            found.setdefault(r[by], {})[r["kpi"]] = r["value"]
         return found
 
     return values_by

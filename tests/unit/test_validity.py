@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
+from pipelines.config import sample_data
 from pipelines.crfm.parameters import customer_parameters, parameter_variants, silver_partials
 from pipelines.crsm.kpis import kpi_rows
+from pipelines.crsm.purchase_model import fit_purchase_model, score_customers
 from pipelines.crsm.validity import Point, assess, judge, kpi_values_by, volume_points
-from pipelines.directives import FunctionalDirective, StrategicDirective
+from pipelines.directives import FunctionalDirective, StrategicDirective, load_directives
+
+REPO = Path(__file__).resolve().parents[2]
 
 AS_OF = datetime(2026, 6, 30, 12, 0)
 
@@ -121,3 +128,37 @@ def test_untrusted_events_that_shift_a_kpi_make_veracity_not_resolved(spark, unt
     assert checks["V5"][4] == pytest.approx(((5 + untrusted) / (50 + untrusted) - 0.1) / 0.1)
     # Without social posts nobody complains (a share of 0): the KPI rests on that one source.
     assert checks["V3"][3] == "unresolved" and checks["V3"][4] == pytest.approx(1.0)
+
+
+def _purchase_histories(spark):
+    """CDNOW's published customer histories (in days) in two groups, by id parity, with spend
+    drawn as Gamma-Gamma assumes; a third group of one-time buyers cannot be fitted."""
+    summary = pd.read_csv(sample_data() / "cdnow" / "cdnow_customers_summary.csv")
+    rng = np.random.default_rng(5)
+    rows = []
+    for c in summary.itertuples():
+        x = int(c.frequency)
+        spend = float(rng.gamma(6.0, 1.0 / rng.gamma(4.0, 1.0 / 15.0), size=x).mean()) if x else None
+        rows.append((int(c.ID) % 2, f"C{c.ID}", x, round(c.recency * 7), round(c.T * 7), spend, int(rng.poisson(1))))
+    rows += [(2, f"O{i}", 0, 0, 100 + i, None, 0) for i in range(50)]
+    schema = ("_group int, customer_id string, repeat_purchase_days long, purchase_span_days int, customer_age_days int, "
+              "repeat_spend_avg double, holdout_purchase_days long")  # fmt: skip
+    return spark.createDataFrame(rows, schema)
+
+
+def test_refits_of_all_groups_at_once_equal_one_fit_per_group(spark):
+    """V1-V5 refit the purchase model per group in one pass; each group's KPIs are those of
+    fitting and scoring that group alone, and a group that cannot be fitted has no model KPI."""
+    directive = load_directives(REPO / "directives" / "cdnow", REPO / "schemas").only("strategic").directive
+    frame = _purchase_histories(spark)
+    start = fit_purchase_model(frame.drop("_group"), directive.purchase_model)
+    together = kpi_values_by(directive, start)(frame, "_group")
+    assert set(together) == {0, 1, 2}
+    for group in (0, 1):
+        part = frame.where(F.col("_group") == group).drop("_group")
+        alone = score_customers(part, directive.purchase_model, fit_purchase_model(part, directive.purchase_model, start))
+        expected = {r["kpi"]: r["value"] for r in kpi_rows(alone, directive).collect()}
+        assert together[group] == pytest.approx(expected, rel=1e-6), group
+    assert together[0]["customer_lifetime_value"] != pytest.approx(together[1]["customer_lifetime_value"], rel=1e-3)
+    assert together[2]["customer_lifetime_value"] is None and together[2]["expected_active_share"] is None
+    assert together[2]["repeat_buyer_share"] == 0.0  # KPIs on parameters keep their value
