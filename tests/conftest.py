@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -24,10 +26,15 @@ def base_profile() -> Profile:
     return load_profile("local")
 
 
+def profile_in(base_profile: Profile, folder: Path) -> Profile:
+    """The local profile with its lakehouse and checkpoints in `folder`."""
+    return base_profile.model_copy(update={"lakehouse": folder / "lakehouse", "checkpoints": folder / "checkpoints"})
+
+
 @pytest.fixture
 def profile(base_profile: Profile, tmp_path: Path) -> Profile:
     """The local profile with its lakehouse and checkpoints in a temporary folder."""
-    return base_profile.model_copy(update={"lakehouse": tmp_path / "lakehouse", "checkpoints": tmp_path / "checkpoints"})
+    return profile_in(base_profile, tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -83,19 +90,26 @@ def own_topics(kafka, profile, directives, request):
     return profile.model_copy(update={"kafka": kprofile.kafka}), ours
 
 
-@pytest.fixture
-def own_broker(base_profile, profile, directives, tmp_path):
-    """A broker of this test's own (empty topics; it may be restarted), and the profile pointing at it."""
+@contextmanager
+def broker_of_its_own(base_profile: Profile, profile: Profile, directives: DirectiveSet, data_dir: Path) -> Iterator[tuple[Profile, dict]]:
+    """A broker with empty topics, and the profile pointing at it; yields (profile, the ports and
+    data folder it may be restarted with)."""
     from pipelines import broker
     from pipelines.topics import ensure_topics
 
-    port, data_dir = free_port(), tmp_path / "broker"
-    ports = dict(port=port, controller_port=free_port(), data_dir=data_dir)
+    ports = dict(port=free_port(), controller_port=free_port(), data_dir=data_dir)
     broker.start(base_profile, **ports)
-    bootstrap = f"127.0.0.1:{port}"
+    bootstrap = f"127.0.0.1:{ports['port']}"
     profile = profile.model_copy(update={"kafka": profile.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
     ensure_topics(profile.kafka, directives.only("operational").directive.sources)
     try:
         yield profile, ports
     finally:
         broker.stop(base_profile, data_dir)
+
+
+@pytest.fixture
+def own_broker(base_profile, profile, directives, tmp_path):
+    """A broker of this test's own (empty topics; it may be restarted), and the profile pointing at it."""
+    with broker_of_its_own(base_profile, profile, directives, tmp_path / "broker") as found:
+        yield found
