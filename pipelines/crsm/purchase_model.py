@@ -41,7 +41,7 @@ class FittedModel:
                 "holdout_actual": self.holdout_actual}  # fmt: skip
 
 
-def _history(params: DataFrame, model: PurchaseModel, keep: list[str] = ()) -> DataFrame:
+def _history(params: DataFrame, model: PurchaseModel, keep: tuple[str, ...] = ()) -> DataFrame:
     """The customers with a purchase up to as_of, as (x, t_x, T, m) in the model's time unit."""
     unit = float(model.time_unit_days)
     return params.where(F.col(model.frequency).isNotNull()).select(
@@ -92,7 +92,7 @@ def fit_purchase_model(params: DataFrame, model: PurchaseModel, start: FittedMod
 def fit_purchase_models_by(params: DataFrame, model: PurchaseModel, by: str, start: FittedModel | None = None) -> dict:
     """One fit per value of `by`, from two Spark jobs whatever the number of groups: {group:
     FittedModel}; a group that cannot be fitted (e.g. no repeat buyer left) is absent."""
-    tuples, spends = _distinct_histories(_history(params, model, keep=[by]), [by])
+    tuples, spends = _distinct_histories(_history(params, model, keep=(by,)), [by])
     spends_of = {group: part for group, part in spends.groupby(by, sort=False)}
     fitted = {}
     for group, part in tuples.groupby(by, sort=False):
