@@ -285,7 +285,8 @@ def _metadata_ok(kafka: KafkaSettings) -> bool:
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)
     try:
-        admin = KafkaAdminClient(**kafka.client_options(), request_timeout_ms=3000)
+        # kafka-python waits 30 s by default for a first connection: a dead broker, or none, would hold the probe that long.
+        admin = KafkaAdminClient(**kafka.client_options(), request_timeout_ms=3000, bootstrap_timeout_ms=3000)
         try:
             return bool(admin.describe_cluster().get("brokers"))
         finally:
