@@ -44,7 +44,7 @@ def directives(base_profile: Profile) -> DirectiveSet:
 
 @pytest.fixture(scope="session")
 def spark(base_profile: Profile, tmp_path_factory):
-    from pipelines.spark import session_builder
+    from pipelines.spark import keep_jars_off_python_path, session_builder
 
     warehouse = tmp_path_factory.mktemp("warehouse")
     session = (
@@ -54,6 +54,7 @@ def spark(base_profile: Profile, tmp_path_factory):
         .config("spark.driver.memory", "3g")
         .getOrCreate()
     )
+    keep_jars_off_python_path(session)
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

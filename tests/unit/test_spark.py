@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 from pyspark import TaskContext
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.spark import CODEGEN_FACTORY_MODE, interpreted_expressions, with_constants
+from pipelines.spark import CODEGEN_FACTORY_MODE, interpreted_expressions, keep_jars_off_python_path, with_constants
 
 _factors = itertools.count(1_000_003)
 
@@ -93,3 +94,21 @@ def test_the_same_code_at_another_stage_number_is_not_compiled_again(spark):
     write(scaled().union(known))  # a new stage first, `known`'s second
     assert one_stage > 0
     assert _compilations(spark) - before == one_stage  # only the new stage's (twice as many with ids in class names)
+
+
+def test_maven_jars_are_not_on_the_python_path_of_driver_or_workers(spark):
+    """spark-submit lists `spark.jars.packages` as Python includes; every Python task would re-read them."""
+    keep_jars_off_python_path(spark)
+    assert spark.sparkContext._python_includes is not None
+    assert not [p for p in spark.sparkContext._python_includes if p.lower().endswith(".jar")]
+    assert not [p for p in sys.path if p.lower().endswith(".jar")]
+
+    @F.udf("string")
+    def worker_path(_):
+        import sys as worker_sys
+
+        return ",".join(worker_sys.path)
+
+    seen = spark.range(1).select(worker_path("id")).first()[0].split(",")
+    # Spark always adds its own core jar (under pyspark/jars); the packages' jars would be in the session's files.
+    assert seen and not [p for p in seen if p.lower().endswith(".jar") and "pyspark/jars" not in p]
