@@ -28,13 +28,13 @@ from pyspark.util import inheritable_thread_target
 from pipelines.config import REPO_ROOT, Profile
 from pipelines.crom import records
 from pipelines.crom.logs import mine_templates
-from pipelines.crom.orders import datafy_orders
+from pipelines.crom.orders import order_columns
 from pipelines.crom.parse import Parser
 from pipelines.crom.progress import ProgressListener
 from pipelines.crom.seen import SeenEvents, event_micros, new_events
 from pipelines.crom.sentiment_model import load_model, predict_sentiment
-from pipelines.crom.text import datafy_text
-from pipelines.crom.web import datafy_web
+from pipelines.crom.text import text_columns, with_derived
+from pipelines.crom.web import web_columns
 from pipelines.crom.validate import RESULTS_SCHEMA, BatchValidator, compile_rules, failures_that_stop, prefixed
 from pipelines.directives import UNTRUSTED, Loaded
 from pipelines.errors import CrmError
@@ -117,9 +117,8 @@ class BatchWriter:
             for name, src in directive.sources.items()
             if src.datafy.text is not None and src.datafy.text.model == "trained"
         }
-        self.rate_tables = {
-            name: read_rates(REPO_ROOT / src.datafy.orders.rates) for name, src in directive.sources.items() if src.datafy.orders is not None
-        }
+        self.silver_columns = {name: records.silver_columns(name, schemas[name], src.trust, self.key) for name, src in directive.sources.items()}
+        self.derived_columns = {name: self._derived_columns(name) for name in directive.sources}
         self._create_tables()
 
     def _frame_schema(self) -> T.StructType:
@@ -235,7 +234,7 @@ class BatchWriter:
         late_frames, silver = [], {}
         with_rows = [source for source in self.topics.values() if totals[f"valid_{source}"]]
         for source in with_rows:
-            silver_rows = records.to_silver(batch, source, self.schemas[source], self.directive.sources[source].trust, self.key)
+            silver_rows = records.to_silver(batch, source, self.silver_columns[source])
             mark = watermarks[source]
             if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
                 late_frames.append(records.to_late(silver_rows, source, self.time_column, constants))
@@ -353,19 +352,26 @@ class BatchWriter:
         datafy = self.directive.sources[source].datafy
         if datafy.logs is not None:
             rows = mine_templates(rows, datafy.logs.field, datafy.logs.layout, self.tables.log_templates_state(source))
+        if source in self.sentiment_models:
+            rows = predict_sentiment(self.sentiment_models[source], rows, datafy.text.field)
+        derived = self.derived_columns[source]
+        return with_derived(rows, derived) if derived else rows
+
+    def _derived_columns(self, source: str) -> list[Column]:
+        """The source's datafied columns that are expressions over its row (text, orders, web),
+        built once: built for every batch, they were thousands of calls into the JVM."""
+        datafy, columns = self.directive.sources[source].datafy, []
         if datafy.text is not None:
-            model = self.sentiment_models.get(source)
-            if model is not None:
-                rows = predict_sentiment(model, rows, datafy.text.field)
-            rows = datafy_text(rows, datafy.text, self.key, predicted=model is not None)
+            columns += text_columns(datafy.text, self.key, predicted=source in self.sentiment_models)
         if datafy.orders is not None:
             o = datafy.orders
-            rows = datafy_orders(rows, self.rate_tables[source], o.amount, o.currency, o.items, o.promotion, self.time_column)
+            rates = read_rates(REPO_ROOT / o.rates)
+            columns += order_columns(rates, o.amount, o.currency, o.items, o.promotion, self.time_column)
         if datafy.web is not None:
             w = datafy.web
             utm = {"source": w.utm_source, "medium": w.utm_medium, "campaign": w.utm_campaign}
-            rows = datafy_web(rows, w.page, w.referrer, w.user_agent, utm, w.site_hosts)
-        return rows
+            columns += web_columns(w.page, w.referrer, w.user_agent, utm, w.site_hosts)
+        return columns
 
 
 def _refuse_wiped_checkpoint(writer: BatchWriter, checkpoint: str) -> None:

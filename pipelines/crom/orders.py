@@ -27,6 +27,12 @@ def fx_rate(currency: Column, when: Column, table: RateTable) -> Column:
 
 def datafy_orders(rows: DataFrame, table: RateTable, amount: str, currency: str, items: str, promotion: str, time_column: str) -> DataFrame:
     """Rows plus ORDER_FIELDS: base-currency amounts, and the line items and promotion as columns."""
+    return rows.select("*", *order_columns(table, amount, currency, items, promotion, time_column))
+
+
+def order_columns(table: RateTable, amount: str, currency: str, items: str, promotion: str, time_column: str) -> list[Column]:
+    """ORDER_FIELDS as columns over an order's fields (see `datafy_orders`); build them once per
+    job: the rate lookup alone is over a thousand calls into the JVM."""
     rate = fx_rate(F.col(currency), F.col(time_column), table)
     lines = F.col(items)
     subtotal = F.aggregate(lines, F.lit(0.0), lambda acc, i: acc + i["quantity"] * i["unit_price"])
@@ -44,4 +50,4 @@ def datafy_orders(rows: DataFrame, table: RateTable, amount: str, currency: str,
         "discount": discount,
         "discount_base": F.round(discount / rate, 2),
     }
-    return rows.select(*rows.columns, *[derived[f.name].cast(f.dataType).alias(f.name) for f in ORDER_FIELDS])
+    return [derived[f.name].cast(f.dataType).alias(f.name) for f in ORDER_FIELDS]

@@ -193,10 +193,15 @@ def trust_level(source: str, trust: Trust) -> Column:
     return F.when(F.col(f"{source}.producer").isin(trust.producers), F.lit(trust.level)).otherwise(F.lit(UNTRUSTED))
 
 
-def to_silver(batch: DataFrame, source: str, schema: EventSchema, trust: Trust, key: bytes) -> DataFrame:
-    """Valid rows of one source -> silver columns; identifiers become keyed HMAC pseudonyms,
-    card numbers a token and their last four digits, and free text declared `scrub` loses its
-    emails, phones and card numbers. `batch` is the staged rows with the batch's constants."""
+def to_silver(batch: DataFrame, source: str, columns: list[Column]) -> DataFrame:
+    """Valid rows of one source -> its `silver_columns`; `batch` is the staged rows with the batch's constants."""
+    return batch.where(routed_valid(source)).select(*columns)
+
+
+def silver_columns(source: str, schema: EventSchema, trust: Trust, key: bytes) -> list[Column]:
+    """A source's silver columns over staged rows, to build once per job: identifiers become
+    keyed HMAC pseudonyms, card numbers a token and their last four digits, and free text
+    declared `scrub` loses its emails, phones and card numbers."""
     event = lambda name: F.col(f"{source}.{name}")  # noqa: E731
     treated = {
         "hmac": lambda f: [hmac_sha256(_identifier(f, event), key).alias(hashed_name(f.name))],
@@ -204,13 +209,12 @@ def to_silver(batch: DataFrame, source: str, schema: EventSchema, trust: Trust, 
         "card": lambda f: [c.alias(name) for c, name in zip(card_token(event(f.name), key), card_names(f.name))],
         None: lambda f: [event(f.name).alias(f.name)],
     }
-    columns = [c for f in schema.fields for c in treated[f.pii](f)]
-    return batch.where(routed_valid(source)).select(
-        *columns,
+    return [
+        *(c for f in schema.fields for c in treated[f.pii](f)),
         trust_level(source, trust).alias("trust_level"),
         F.col(WARN_FLAGS).alias("warn_flags"),
         *_metadata(),
-    )
+    ]
 
 
 def _identifier(field: FieldSpec, event) -> Column:

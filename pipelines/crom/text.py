@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import re2
 import vaderSentiment.vaderSentiment as vader
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -354,6 +354,17 @@ def datafy_text(rows: DataFrame, mining: TextMining, key: bytes, predicted: bool
     label-free model scores them. Mentioned handles are personal data: they get the same keyed
     pseudonym as a `handle` field, so they can still be joined; brands are recognised first.
     """
+    return with_derived(rows, text_columns(mining, key, predicted))
+
+
+def with_derived(rows: DataFrame, columns: list[Column]) -> DataFrame:
+    """Rows plus derived `columns`, less a model's predictions (`predict_sentiment`), which
+    `text_columns` has read into TEXT_FIELDS of the same names."""
+    return rows.select(*[c for c in rows.columns if c not in {"sentiment_label", "sentiment_score"}], *columns)
+
+
+def text_columns(mining: TextMining, key: bytes, predicted: bool = False) -> list[Column]:
+    """TEXT_FIELDS as columns over the text column (see `datafy_text`), to build once per job."""
     brands, products = mining.brands, mining.products
     if predicted:
         label, score = F.col("sentiment_label"), F.col("sentiment_score")
@@ -366,12 +377,11 @@ def datafy_text(rows: DataFrame, mining: TextMining, key: bytes, predicted: bool
         return describe_texts(texts.tolist(), _catalogue(brands, products), predicted)
 
     derived = facts(F.col(mining.field), label, score)
-    columns = [
+    return [
         derived[f.name].alias(f.name) if f.name != "mentions_hmac"
         else F.transform(derived["mentions_hmac"], lambda m: hmac_sha256(normalise_identifier(m), key)).alias(f.name)
         for f in TEXT_FIELDS
     ]  # fmt: skip
-    return rows.select(*[c for c in rows.columns if c not in {"sentiment_label", "sentiment_score"}], *columns)
 
 
 _catalogues: dict[str, Catalogue] = {}

@@ -102,6 +102,11 @@ def referrer_kind(host: Column, site_hosts: list[str]) -> Column:
 
 def datafy_web(rows: DataFrame, page: str, referrer: str, user_agent: str, utm: dict[str, str | None], site_hosts: list[str]) -> DataFrame:
     """Rows plus WEB_FIELDS. Campaign fields come from the event's utm_* fields, else from the page URL's query."""
+    return rows.select("*", *web_columns(page, referrer, user_agent, utm, site_hosts))
+
+
+def web_columns(page: str, referrer: str, user_agent: str, utm: dict[str, str | None], site_hosts: list[str]) -> list[Column]:
+    """WEB_FIELDS as columns over a web event's fields (see `datafy_web`), to build once per job."""
     host = _host(F.col(referrer))
     campaign = {
         part: F.coalesce(*([F.col(utm[part])] if utm.get(part) else []), _query_param(F.col(page), f"utm_{part}"))
@@ -117,7 +122,7 @@ def datafy_web(rows: DataFrame, page: str, referrer: str, user_agent: str, utm: 
         "campaign_name": campaign["campaign"],
         **{name: agent[name] for name in AGENT_FIELDS},
     }
-    return rows.select(*rows.columns, *[derived[f.name].cast(f.dataType).alias(f.name) for f in WEB_FIELDS])
+    return [derived[f.name].cast(f.dataType).alias(f.name) for f in WEB_FIELDS]
 
 
 def sessionise(events: DataFrame, visitor: str, time_column: str, order: str, gap_minutes: int = 30) -> DataFrame:

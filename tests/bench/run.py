@@ -14,9 +14,8 @@ with the project's own broker on a free 127.0.0.1 port and about 50k-record batc
   of events folded into partials kept from the other 99%) against a full recompute;
 - erasure: `crm forget` over the functional part's lakehouse, one customer (`forget_1_s`), then
   a hundred in one request (`forget_100_s`);
-- scaling: `crm ingest` on local[1] pinned to one CPU, local[2] on two (and, for comparison,
-  local[1] on two) and a standalone cluster of two one-core workers, records per second over
-  the same batches (tests/bench/scale.py);
+- cluster: `crm ingest` on a standalone cluster of two one-core workers, records per second
+  (tests/bench/scale.py);
 - latency: a running passthrough and a running CROM, each fed at half its maximum rate,
   timed from each record's Kafka timestamp to the Delta commit that shows it;
 - small_batches: CROM's fixed cost, the batch writer fed 500-record batches directly, with
@@ -31,7 +30,7 @@ same offsets in both CROM runs), so `validation_added_ms_p50` is the median of w
 validation added to each batch. Results merge into bench-results.json (keys from other
 benchmarks are kept) and a Markdown table.
 
-    python -m tests.bench.run [--events N] [--variants parse_only,validated] [--parts scaling,latency]
+    python -m tests.bench.run [--events N] [--variants parse_only,validated] [--parts cluster,latency]
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ from tests.bench import scale
 
 RESULTS = REPO_ROOT / "bench-results.json"
 LATENCY_SECONDS = 60
-PARTS = ("functional", "erasure", "sentiment", "restart", "scaling", "latency", "small_batches")
+PARTS = ("functional", "erasure", "sentiment", "restart", "cluster", "latency", "small_batches")
 SMALL_BATCHES, SMALL_BATCH_RECORDS, SMALL_BATCH_WARM_UP = 16, 500, 3
 KAFKA_ROW = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
 STEPS = {"parse_only": "", "validated": ", Great Expectations", "datafied": ", Great Expectations, log templates, text facts"}
@@ -295,7 +294,6 @@ def erasure(spark, functional_run: Path, directives) -> dict[str, float]:
 
 GOALS = {
     "incremental_vs_full": ("<=", 0.10),
-    "scaling_local2_vs_local1": (">=", 1.6),
     "e2e_vs_passthrough_p95": ("<=", 1.5),
     "crom_small_batch_s_p50": ("<=", 1.5),
     "datafied_vs_passthrough": (">=", 0.35),
@@ -332,11 +330,11 @@ def main() -> None:
         parser.error("--parts functional and latency need the datafied variant")
     if "erasure" in parts and "functional" not in parts:
         parser.error("--parts erasure needs the functional part (it erases from its lakehouse)")
-    scaling_needs = (scale.SCALING_WARM_UP + scale.SCALING_BATCHES + 1) * scale.SCALING_BATCH  # one to spare: the last measured batch is full
-    if "scaling" in parts and args.events < scaling_needs:
+    cluster_needs = (scale.CLUSTER_WARM_UP + scale.CLUSTER_BATCHES + 1) * scale.CLUSTER_BATCH  # one to spare: the last measured batch is full
+    if "cluster" in parts and args.events < cluster_needs:
         parser.error(
-            f"--parts scaling needs at least {scaling_needs:,} events: {scale.SCALING_WARM_UP} warm-up and "
-            f"{scale.SCALING_BATCHES} measured batches of {scale.SCALING_BATCH:,}, and one to spare"
+            f"--parts cluster needs at least {cluster_needs:,} events: {scale.CLUSTER_WARM_UP} warm-up and "
+            f"{scale.CLUSTER_BATCHES} measured batches of {scale.CLUSTER_BATCH:,}, and one to spare"
         )
     full = set(chosen) == set(STEPS) and parts == set(PARTS)
 
@@ -417,9 +415,9 @@ def main() -> None:
         if "restart" in parts:
             print("restart: SIGKILL, restart, first committed batch", flush=True)
             results["restart_to_first_batch_s"] = scale.restart_to_first_batch(profile, work)
-        if "scaling" in parts:
-            print(f"scaling: crm ingest on local[1] (one CPU), local[2], local[1] on two CPUs and a 2-worker standalone cluster, {scale.SCALING_BATCHES} batches each after {scale.SCALING_WARM_UP} warm-up", flush=True)
-            results.update(scale.scaling(profile, work))
+        if "cluster" in parts:
+            print(f"cluster: crm ingest on a 2-worker standalone cluster, {scale.CLUSTER_BATCHES} batches after {scale.CLUSTER_WARM_UP} warm-up", flush=True)
+            results.update(scale.cluster(profile, work))
         if "latency" in parts:
             results.update(latencies(spark, profile, stream, args.events, results, directives, work))
         if "small_batches" in parts:
@@ -435,7 +433,8 @@ def main() -> None:
         print(json.dumps(measured, indent=2, sort_keys=True))
         return
     merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    stale = [k for k in merged if k in ("crom_eps", "crom_vs_passthrough") or "_phase_ms_p50." in k or "_phase_s." in k]  # renamed or re-broken-down
+    retired = ("crom_eps", "crom_vs_passthrough", "local1_eps", "local2_eps", "scaling_local2_vs_local1", "local1_two_cpus_eps")
+    stale = [k for k in merged if k in retired or "_phase_ms_p50." in k or "_phase_s." in k]  # renamed or re-broken-down
     for key in stale:
         merged.pop(key)
     merged.update(measured)

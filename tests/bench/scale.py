@@ -1,5 +1,5 @@
 """Benchmarks of CROM as a scheduler or an operator runs it: `crm ingest` in a process of its
-own (restart time; throughput on one core, two cores and a standalone cluster) and the
+own (restart time; throughput on a standalone cluster) and the
 end-to-end latency of a running query at a steady input rate."""
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ from pipelines.generator import EventStream, produce
 from tests.helpers import crm_env
 
 CRM = str(Path(sys.executable).parent / "crm")
-SCALING_BATCH = 25_000  # records a batch in the scaling runs
-# Batches left out before measuring. Pinned to one CPU, the JVM compiles beside the work:
-# local[1]'s batches fell from 38 to 24 s over seven batches, local[2]'s held at 17-20 s, so
-# counting from the second batch overstated the ratio (1.61 against about 1.4 from the fourth).
-SCALING_WARM_UP = 3
-SCALING_BATCHES = 4  # measured batches after the warm-up
+CLUSTER_BATCH = 25_000  # records a batch in the cluster run
+CLUSTER_WARM_UP = 3  # batches left out before measuring: the JVMs compile the first batches' code
+CLUSTER_BATCHES = 4  # measured batches after the warm-up
 
 
 def _ingest_env(profile, work: Path, name: str, **extra: str) -> dict:
@@ -79,42 +76,24 @@ def _batches(progress: Path) -> list[dict]:
 
 
 def ingest_eps(profile, work: Path, name: str, *args: str, cpus: set[int] | None = None, **env: str) -> float:
-    """Records per second of `crm ingest` over SCALING_BATCHES batches after SCALING_WARM_UP
+    """Records per second of `crm ingest` over CLUSTER_BATCHES batches after CLUSTER_WARM_UP
     batches, from its own progress log (batch durations: the JVM's start is not counted)."""
-    run_env = _ingest_env(profile, work, name, CRM_MAX_OFFSETS_PER_TRIGGER=str(SCALING_BATCH), **env)
+    run_env = _ingest_env(profile, work, name, CRM_MAX_OFFSETS_PER_TRIGGER=str(CLUSTER_BATCH), **env)
     progress = Path(run_env["CRM_CHECKPOINTS"]) / "progress" / "crom_ingest.jsonl"
     proc = _start_ingest(run_env, *args, cpus=cpus)
     try:
-        needed = SCALING_WARM_UP + SCALING_BATCHES
+        needed = CLUSTER_WARM_UP + CLUSTER_BATCHES
         _wait(lambda: len(_batches(progress)) >= needed, proc, f"{needed} batches of {name}")
     finally:
         _stop(proc)
-    measured = _batches(progress)[SCALING_WARM_UP:needed]
+    measured = _batches(progress)[CLUSTER_WARM_UP:needed]
     return sum(b["rows"] for b in measured) / (sum(b["batch_ms"] for b in measured) / 1000)
 
 
-def scaling(profile, work: Path) -> dict[str, float]:
-    """CROM on one core, on two, and on a standalone cluster of two one-core workers.
-
-    local[1] limits only Spark's task slots: the driver's planning, code generation and
-    commits, and the Python workers, would still use every core. So the one-core run is also
-    pinned to one CPU, and the two-core run to two."""
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        raise RuntimeError(f"benchmark: scaling needs two CPUs, this process may use {len(available)}")
-    local1 = ingest_eps(profile, work, "local1", cpus=set(available[:1]), CRM_SPARK_MASTER="local[1]")
-    local2 = ingest_eps(profile, work, "local2", cpus=set(available[:2]), CRM_SPARK_MASTER="local[2]")
-    # For comparison with earlier runs: local[1] with both CPUs, as measured before the pinning.
-    local1_two_cpus = ingest_eps(profile, work, "local1-two-cpus", cpus=set(available[:2]), CRM_SPARK_MASTER="local[1]")
+def cluster(profile, work: Path) -> dict[str, float]:
+    """CROM on a standalone cluster of two one-core workers, as a cluster user runs it."""
     with standalone(work / "cluster") as master:
-        cluster = ingest_eps(profile, work, "cluster", "--conf", "cluster", CRM_SPARK_MASTER=master)
-    return {
-        "local1_eps": local1,
-        "local2_eps": local2,
-        "scaling_local2_vs_local1": local2 / local1,
-        "local1_two_cpus_eps": local1_two_cpus,
-        "cluster_eps": cluster,
-    }
+        return {"cluster_eps": ingest_eps(profile, work, "cluster", "--conf", "cluster", CRM_SPARK_MASTER=master)}
 
 
 def _commit_times(table: Path) -> dict[str, int]:
