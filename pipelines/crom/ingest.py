@@ -117,7 +117,9 @@ class BatchWriter:
             for name, src in directive.sources.items()
             if src.datafy.text is not None and src.datafy.text.model == "trained"
         }
+        self.valid = {name: records.routed_valid(name) for name in directive.sources}
         self.silver_columns = {name: records.silver_columns(name, schemas[name], src.trust, self.key) for name, src in directive.sources.items()}
+        self.candidates = self._candidate_columns()
         self.derived_columns = {name: self._derived_columns(name) for name in directive.sources}
         self._create_tables()
 
@@ -234,7 +236,7 @@ class BatchWriter:
         late_frames, silver = [], {}
         with_rows = [source for source in self.topics.values() if totals[f"valid_{source}"]]
         for source in with_rows:
-            silver_rows = records.to_silver(batch, source, self.silver_columns[source])
+            silver_rows = records.to_silver(batch, self.valid[source], self.silver_columns[source])
             mark = watermarks[source]
             if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
                 late_frames.append(records.to_late(silver_rows, source, self.time_column, constants))
@@ -247,7 +249,7 @@ class BatchWriter:
             running = {name: pool.submit(write_table, name, write) for name, write in writes.items()}
             # Meanwhile, which rows are new: one check for every source, so that each silver
             # write is a single job.
-            new, new_rows = self._new_events(batch, with_rows, constants, batch_id) if silver else (None, None)
+            new, new_rows = self._new_events(batch, constants, batch_id) if silver else (None, None)
             for source, rows in silver.items():
                 keys = self.spark.createDataFrame(new_rows.filter(pc.equal(new_rows["source"], source)).select(["kafka_partition", "kafka_offset"]))
                 write = lambda rows=rows, keys=keys, source=source: self._write_silver(rows, keys, source, batch_id)
@@ -287,26 +289,32 @@ class BatchWriter:
         finally:
             self.table_finished[table] = time.monotonic() - self._started
 
-    def _new_events(self, batch: DataFrame, sources: list[str], constants: DataFrame, batch_id: int) -> tuple[DataFrame, pa.Table]:
+    def _new_events(self, batch: DataFrame, constants: DataFrame, batch_id: int) -> tuple[DataFrame, pa.Table]:
         """(source, event_id, kafka_partition, kafka_offset, event_micros) of the rows each
         source's silver table gets: valid, on time, and new; checkpointed, and collected.
         `batch` is the staged rows with the batch's `constants`."""
         with timed(self.phases, "new ids"):
-            on_time = {
-                source: records.routed_valid(source) & records.on_time(source, F.col(f"{source}.{self.time_column}")) for source in sources
-            }
-            # One scan of the staged batch, not one per source: each task over the wide staged row costs more than its data.
-            of_source = lambda value: reduce(lambda other, s: F.when(on_time[s], value(s)).otherwise(other), sources, F.lit(None))  # noqa: E731
-            candidates = batch.where(reduce(Column.__or__, on_time.values())).select(
-                of_source(F.lit).cast("string").alias("source"),
-                of_source(lambda s: F.col(f"{s}.event_id")).alias("event_id"),
-                "kafka_partition",
-                "kafka_offset",
-                of_source(lambda s: event_micros(F.col(f"{s}.{self.time_column}"))).alias("event_micros"),
-            ).localCheckpoint(eager=True)  # both joins read it: the wide staged rows are scanned once, not twice
+            where, columns = self.candidates
+            # both joins read it: the wide staged rows are scanned once, not twice
+            candidates = batch.where(where).select(*columns).localCheckpoint(eager=True)
             # Computed once: the silver writes and the counts read the collected rows, every later batch's check the frame.
             new = new_events(candidates, self.seen_events.before(batch_id, constants)).localCheckpoint(eager=True)
             return new, new.toArrow()
+
+    def _candidate_columns(self) -> tuple[Column, list[Column]]:
+        """Which staged rows may be new to silver (valid and on time), and their (source,
+        event_id, kafka_partition, kafka_offset, event_micros): one scan of the staged batch for
+        every source, not one per source, as each task over the wide staged row costs more than its data."""
+        sources = list(self.directive.sources)
+        on_time = {s: self.valid[s] & records.on_time(s, F.col(f"{s}.{self.time_column}")) for s in sources}
+        of_source = lambda value: reduce(lambda other, s: F.when(on_time[s], value(s)).otherwise(other), sources, F.lit(None))  # noqa: E731
+        return reduce(Column.__or__, on_time.values()), [
+            of_source(F.lit).cast("string").alias("source"),
+            of_source(lambda s: F.col(f"{s}.event_id")).alias("event_id"),
+            F.col("kafka_partition"),
+            F.col("kafka_offset"),
+            of_source(lambda s: event_micros(F.col(f"{s}.{self.time_column}"))).alias("event_micros"),
+        ]
 
     def _write_silver(self, rows: DataFrame, keys: DataFrame, source: str, batch_id: int) -> None:
         """The source's rows whose Kafka partition and offset are among `keys`, datafied, to its silver table."""

@@ -193,9 +193,9 @@ def trust_level(source: str, trust: Trust) -> Column:
     return F.when(F.col(f"{source}.producer").isin(trust.producers), F.lit(trust.level)).otherwise(F.lit(UNTRUSTED))
 
 
-def to_silver(batch: DataFrame, source: str, columns: list[Column]) -> DataFrame:
-    """Valid rows of one source -> its `silver_columns`; `batch` is the staged rows with the batch's constants."""
-    return batch.where(routed_valid(source)).select(*columns)
+def to_silver(batch: DataFrame, valid: Column, columns: list[Column]) -> DataFrame:
+    """A source's valid rows (`routed_valid`) -> its `silver_columns`; `batch` is the staged rows with the batch's constants."""
+    return batch.where(valid).select(*columns)
 
 
 def silver_columns(source: str, schema: EventSchema, trust: Trust, key: bytes) -> list[Column]:
