@@ -7,6 +7,8 @@ with the project's own broker on a free 127.0.0.1 port and about 50k-record batc
 - parse only: the CROM job with every expectation and datafication removed from the directive;
 - validated: the CROM job with the shipped directive's Great Expectations rules, no datafication;
 - datafied: the shipped directive as it is: rules, log templates and social text facts;
+- log_templates: the shipped log template miner over the eight Loghub samples, in this one
+  Python process (one core), lines per second;
 - sentiment: the social text model over real tweets, as an Arrow batch UDF against a
   row-at-a-time Python UDF on the same rows, and the latency of single texts;
 - restart: `crm ingest` timed from its start to its first committed batch, then killed with
@@ -58,6 +60,7 @@ from pipelines.config import REPO_ROOT, load_profile, sample_data
 from pipelines.crfm.job import run_functional
 from pipelines.crom.resolve import run_identities, run_web_sessions
 from pipelines.crom.ingest import BatchWriter, start_ingest, start_query
+from pipelines.crom.logs import LogTemplates
 from pipelines.crom.text import score_texts
 from pipelines.directives import Datafy, load_directives
 from pipelines.erasure import forget
@@ -66,10 +69,11 @@ from pipelines.spark import get_spark
 from pipelines.tables import CromTables, silver_table
 from pipelines.topics import ensure_topics
 from tests.bench import scale
+from tests.eval.run import loghub_samples
 
 RESULTS = REPO_ROOT / "bench-results.json"
 LATENCY_SECONDS = 60
-PARTS = ("functional", "erasure", "sentiment", "restart", "cluster", "latency", "small_batches")
+PARTS = ("functional", "erasure", "log_templates", "sentiment", "restart", "cluster", "latency", "small_batches")
 SMALL_BATCHES, SMALL_BATCH_RECORDS, SMALL_BATCH_WARM_UP = 16, 500, 3
 KAFKA_ROW = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
 STEPS = {"parse_only": "", "validated": ", Great Expectations", "datafied": ", Great Expectations, log templates, text facts"}
@@ -134,6 +138,18 @@ def sentiment(spark, texts: list[str]) -> dict[str, float]:
         "sentiment_vs_row_udf": timings["row"] / timings["batch"],
         "sentiment_p99_ms": statistics.quantiles(latencies, n=100)[98],
     }
+
+
+def log_templates() -> dict[str, float]:
+    """Lines per second of the shipped miner (`LogTemplates`) over the eight Loghub samples,
+    each with its layout and a fresh state, on one core as the ingest task runs it."""
+    samples = loghub_samples(sample_data())
+    started = time.monotonic()
+    for layout, lines, _ in samples.values():
+        miner = LogTemplates(layout)
+        for line in lines:
+            miner.mine(line)
+    return {"log_lines_per_s": sum(len(lines) for _, lines, _ in samples.values()) / (time.monotonic() - started)}
 
 
 def _tweets(copies: int) -> list[str]:
@@ -294,6 +310,7 @@ def erasure(spark, functional_run: Path, directives) -> dict[str, float]:
 
 
 GOALS = {
+    "log_lines_per_s": (">=", 10_000),
     "incremental_vs_full": ("<=", 0.10),
     "e2e_vs_passthrough_p95": ("<=", 1.5),
     "crom_small_batch_s_p50": ("<=", 1.5),
@@ -410,6 +427,9 @@ def main() -> None:
         if "erasure" in parts:
             print("erasure: crm forget of one customer, then of a hundred in one request, over silver and CRFM", flush=True)
             results.update(erasure(spark, work / "crfm", directives))
+        if "log_templates" in parts:
+            print("log templates: the shipped miner over the eight Loghub samples, one core", flush=True)
+            results.update(log_templates())
         if "sentiment" in parts:
             print("sentiment: Arrow batch UDF against a row-at-a-time UDF, real tweets", flush=True)
             results.update(sentiment(spark, _tweets(copies=5)))

@@ -65,7 +65,7 @@ def grouping_accuracy(truth: list[str], predicted: list[object]) -> float:
     return correct / len(truth)
 
 
-def _loghub_samples(data: Path) -> dict[str, tuple[str, list[str], list[str]]]:
+def loghub_samples(data: Path) -> dict[str, tuple[str, list[str], list[str]]]:
     """system -> (its line layout, its 2k lines, their true template ids)."""
     layouts = yaml.safe_load((CONF_DIR / "datasets" / "loghub.yaml").read_text())["layouts"]
     samples = {}
@@ -119,7 +119,7 @@ def _against_drain(prefix: str, accuracy: dict[str, float], notes: dict[str, str
 def loghub(data: Path) -> dict[str, float]:
     """The shipped miner on each system (in-sample: its settings were chosen on these eight),
     then leave one system out: each system scored with the setting that is best on the other seven."""
-    samples = _loghub_samples(data)
+    samples = loghub_samples(data)
     shipped, speed = {}, {}
     for system, sample in samples.items():
         started = time.monotonic()
