@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import reduce
 from pathlib import Path
@@ -65,16 +67,42 @@ INTERPRETED_BATCH = 2_000
 CHECKPOINT_INTERVAL = 100
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """What one micro-batch did: its rows per source (as in batch_audit, empty for an empty
+    batch) and the seconds of each step."""
+
+    batch_id: int
+    counts: list[dict]
+    phases: dict[str, float]
+
+    def total(self, key: str) -> int:
+        return sum(c[key] for c in self.counts)
+
+    @property
+    def watermarks(self) -> dict[str, str]:
+        """Per source with one, its watermark after the batch (ISO 8601)."""
+        return {c["source"]: c["watermark"].isoformat() for c in self.counts if c["watermark"] is not None}
+
+
 class BatchWriter:
     """Writes one micro-batch to every CROM table; safe to call twice with the same batch id.
 
     Each batch is staged once (parse, rule conditions, flags) into a local checkpoint; one aggregation
     then gives every count, GE metric and the newest event time per source. `fail` rules
     are judged before anything is written, so a stopping batch leaves no trace. The tables
-    are then written in parallel, and batch_audit last.
+    are then written in parallel, and batch_audit last. Each batch's `BatchResult` goes to
+    `on_batch`, if given (the progress listener, the bench); the writer keeps none of them.
     """
 
-    def __init__(self, spark: SparkSession, profile: Profile, operational: Loaded, schemas: dict[str, EventSchema]):
+    def __init__(
+        self,
+        spark: SparkSession,
+        profile: Profile,
+        operational: Loaded,
+        schemas: dict[str, EventSchema],
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ):
         directive = operational.directive
         self.spark = spark
         self.directive = directive
@@ -96,8 +124,7 @@ class BatchWriter:
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
         self._newest: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
         self._last_batch_small = False  # whether the last batch had at most INTERPRETED_BATCH records
-        self.phase_history: dict[int, dict[str, float]] = {}  # batch id -> seconds per phase, for `make bench`
-        self.batch_counts: dict[int, dict] = {}  # batch id -> records, quarantined, watermarks, for the progress listener
+        self.on_batch = on_batch
         # Column expressions are built once: building them costs thousands of JVM calls.
         decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic", "kafka_timestamp")
         skew = {name: src.max_future_skew_hours or directive.watermark.max_future_skew_hours for name, src in directive.sources.items()}
@@ -172,17 +199,17 @@ class BatchWriter:
         silver_done = [s for name, s in self.table_finished.items() if name.startswith("silver ")]
         # How long after the batch started its last silver commit made its records visible.
         visible = {"silver visible": max(silver_done)} if silver_done else {}
-        self.phase_history[batch_id] = {**self.phases, **{f"table {name}": s for name, s in self.table_seconds.items()}, **visible}
+        phases = {**self.phases, **{f"table {name}": s for name, s in self.table_seconds.items()}, **visible}
+        result = BatchResult(batch_id, counts, phases)
         if counts:
-            total = lambda key: sum(c[key] for c in counts)  # noqa: E731
-            watermarks = {c["source"]: c["watermark"].isoformat() for c in counts if c["watermark"] is not None}
-            self.batch_counts[batch_id] = {"records": total("records"), "quarantined": total("quarantined"), "watermarks": watermarks}
             log.info(
                 "CROM batch %d: %s records -> silver %s, quarantine %s, late %s, duplicates %s (%.1fs)",
-                batch_id, f"{total('records'):,}", f"{total('silver_rows'):,}", f"{total('quarantined'):,}", f"{total('late'):,}",
-                f"{total('duplicates'):,}", time.monotonic() - started,
+                batch_id, *(f"{result.total(k):,}" for k in ("records", "silver_rows", "quarantined", "late", "duplicates")),
+                time.monotonic() - started,
             )  # fmt: skip
             log.debug("batch %d steps: %s; tables in parallel: %s", batch_id, describe(self.phases), describe(self.table_seconds))
+        if self.on_batch is not None:
+            self.on_batch(result)
 
     def _expressions(self, interpreted: bool):
         """The block's jobs interpret their expressions (a small batch, see INTERPRETED_BATCH), or compile them."""
@@ -465,8 +492,8 @@ def run_ingest(
 ) -> None:
     """Run the CROM query until it is caught up (or stopped); CrmError with the reason if it fails."""
     for attempt in (1, 2):
-        writer = BatchWriter(spark, profile, operational, schemas)
-        listener = ProgressListener(QUERY_NAME, profile.checkpoints / "progress", writer.batch_counts)
+        listener = ProgressListener(QUERY_NAME, profile.checkpoints / "progress")
+        writer = BatchWriter(spark, profile, operational, schemas, on_batch=listener.add)
         spark.streams.addListener(listener)
         try:
             query = start_query(spark, profile, writer, until_caught_up, checkpoint)

@@ -32,11 +32,12 @@ def offsets_behind(start: str | None, end: str | None) -> int | None:
 class ProgressListener(StreamingQueryListener):
     """Writes each progress event of the named query; other queries are left alone."""
 
-    def __init__(self, query: str, folder: Path, batch_counts: dict[int, dict[str, int]]):
+    def __init__(self, query: str, folder: Path):
         self.query = query
         self.lines = folder / f"{query}.jsonl"
         self.metrics = folder / f"{query}.prom"
-        self.batch_counts = batch_counts  # batch id -> records, quarantined, watermarks: the writer fills it
+        # batch id -> records, quarantined, watermarks, from the batch writer (`add`) until the batch's progress event
+        self.batch_counts: dict[int, dict] = {}
         folder.mkdir(parents=True, exist_ok=True)
         self.ids: set[str] = set()
         self.terminated = threading.Event()  # the bus delivers every progress event before this
@@ -67,11 +68,17 @@ class ProgressListener(StreamingQueryListener):
         if not self.terminated.wait(timeout):
             log.warning("progress of %s: the query's last events did not arrive within %.0fs", self.query, timeout)
 
+    def add(self, result) -> None:
+        """Keep a batch's counts (a `BatchResult`) until its progress event arrives."""
+        if result.counts:
+            counts = {"records": result.total("records"), "quarantined": result.total("quarantined"), "watermarks": result.watermarks}
+            self.batch_counts[result.batch_id] = counts
+
     def onQueryProgress(self, event) -> None:
         p = event.progress
         if p.name != self.query:
             return
-        counts = self.batch_counts.get(p.batchId, {})
+        counts = self.batch_counts.pop(p.batchId, {})
         lags = [offsets_behind(s.endOffset, s.latestOffset) for s in p.sources]
         line = {
             "query": p.name,

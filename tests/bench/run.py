@@ -192,7 +192,8 @@ def small_batches(spark, profile, operational, schemas, stream: EventStream, wor
     the floors it is measured against: one empty append to one Delta table, and the same
     Kafka-shaped rows appended as they are to one table (a passthrough's batch)."""
     run = profile.model_copy(update={"lakehouse": work / "small-lakehouse", "checkpoints": work / "small-checkpoints"})
-    writer = BatchWriter(spark, run, operational, schemas)
+    history: dict[int, dict[str, float]] = {}
+    writer = BatchWriter(spark, run, operational, schemas, on_batch=lambda result: history.__setitem__(result.batch_id, result.phases))
     compilations = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
     seconds, compiled, floor, passthrough_s = [], [], [], []
     for batch_id in range(SMALL_BATCHES):
@@ -404,11 +405,12 @@ def main() -> None:
         for name, directive in variants:
             print(f"crom {name.replace('_', ' ')}: parse, route, dedup, Delta" + STEPS[name], flush=True)
             run = profile.model_copy(update={"lakehouse": work / f"lakehouse-{name}", "checkpoints": work / f"checkpoints-{name}"})
-            writer = BatchWriter(spark, run, directive, directives.schemas)
+            history = {}
+            writer = BatchWriter(spark, run, directive, directives.schemas, on_batch=lambda result, h=history: h.__setitem__(result.batch_id, result.phases))
             query = start_query(spark, run, writer, until_caught_up=True)
             results[f"{name}_eps"] = args.events / _timed_query(query)
             runs[name] = _batch_ms(query)
-            results.update(_phase_p50(name, writer.phase_history))
+            results.update(_phase_p50(name, history))
         ratio = lambda a, b: results[f"{a}_eps"] / results[f"{b}_eps"] if {a, b} <= set(runs) else None  # noqa: E731
         results["validated_vs_parse"] = ratio("validated", "parse_only")
         results["validated_vs_passthrough"] = results["validated_eps"] / results["passthrough_eps"] if "validated" in runs else None
