@@ -353,10 +353,17 @@ def cmd_directives(args, profile: Profile) -> int:
             print(f"  KPI at risk: {kpi} ({sid})")
         if not found.kpis:
             print("  no KPI reads those parameters")
+        for fid, breakdown in found.breakdowns:
+            print(f"  breakdown at risk: {breakdown} ({fid})")
+        for sid, rule in found.rules:
+            print(f"  recommendation rule at risk: {rule} ({sid})")
         return 0
     if args.action == "check":
+        from pipelines.directive_checks import check_expressions
+
+        checked = check_expressions(_spark(profile, "crm-directives-check"), directives)
         n = sum(len(getattr(directives, level)) for level in ("strategic", "functional", "operational"))
-        print(f"{n} directives OK in {profile.directives}")
+        print(f"{n} directives OK in {profile.directives}; {checked} expressions analysed against the tables they run on")
         return 0
     for s in directives.strategic.values():
         print(f"{s.directive.id} v{s.directive.version}  ({s.path.relative_to(profile.directives.parent)})")

@@ -246,7 +246,7 @@ class Score(_Strict):
 class Segmentation(_Strict):
     rfm: RfmScores | None = None
     clustering: Clustering | None = None
-    scores: list[Score] = Field(default=[], description="Checked against the parameters when CRFM starts, before any job.")
+    scores: list[Score] = Field(default=[], description="Analysed against the parameters by `crm directives check` and when CRFM starts.")
 
     def parameters(self) -> list[str]:
         named = [self.rfm.recency, self.rfm.frequency, self.rfm.monetary] if self.rfm else []
@@ -744,20 +744,49 @@ class Impact:
     what: str  # "expectation web_session_present (source web)" or "topic crm.web (source web)"
     parameters: list[str]
     kpis: list[tuple[str, str]]  # (strategic directive id, KPI name)
+    breakdowns: list[tuple[str, str]] = ()  # (functional directive id, breakdown name)
+    rules: list[tuple[str, str]] = ()  # (strategic directive id, recommendation rule name)
 
 
-def kpis_using(directives: DirectiveSet, parameters: set[str]) -> list[tuple[str, str]]:
-    """Every KPI that reads one of the parameters, directly or through its purchase model."""
+def _strategic_users(directives: DirectiveSet, parameters: set[str], named) -> list[tuple[str, str]]:
+    """(directive id, name) of every KPI or rule (`named(directive)` gives (name, uses) pairs)
+    that reads one of the parameters, directly or through the directive's purchase model."""
     found = []
     for ref in directives.strategic.values():
         directive = ref.directive
         model = directive.purchase_model
         roles = model.parameters() if model else {}
-        for kpi in directive.kpis:
-            used = set(kpi.uses) | {roles[r] for out in kpi.uses for r in OUTPUT_ROLES.get(out, ()) if model}
+        for name, uses in named(directive):
+            used = set(uses) | {roles[r] for out in uses for r in OUTPUT_ROLES.get(out, ()) if model}
             if used & parameters:
-                found.append((directive.id, kpi.name))
+                found.append((directive.id, name))
     return found
+
+
+def kpis_using(directives: DirectiveSet, parameters: set[str]) -> list[tuple[str, str]]:
+    """Every KPI that reads one of the parameters, directly or through its purchase model."""
+    return _strategic_users(directives, parameters, lambda d: [(k.name, k.uses) for k in d.kpis])
+
+
+def rules_using(directives: DirectiveSet, parameters: set[str]) -> list[tuple[str, str]]:
+    """Every recommendation rule that reads one of the parameters, directly or through the purchase model."""
+    return _strategic_users(directives, parameters, lambda d: [(r.name, r.uses) for r in (d.recommendations.rules if d.recommendations else [])])
+
+
+def _breakdowns_reading(directives: DirectiveSet, source: str, parameters: set[str]) -> list[tuple[str, str]]:
+    """Every breakdown with a parameter from `source` (all of them, or only those named in `parameters` if given)."""
+    return [
+        (ref.directive.id, b.name)
+        for ref in directives.functional.values()
+        for b in ref.directive.breakdowns
+        if any(p.source == source and (not parameters or p.name in parameters) for p in b.parameters)
+    ]
+
+
+def _impact(directives: DirectiveSet, what: str, params: list[str], source: str, whole_source: bool) -> Impact:
+    wanted = set(params)
+    breakdowns = _breakdowns_reading(directives, source, set() if whole_source else wanted)
+    return Impact(what, params, kpis_using(directives, wanted), breakdowns, rules_using(directives, wanted))
 
 
 def impact(directives: DirectiveSet, name: str) -> Impact:
@@ -767,9 +796,9 @@ def impact(directives: DirectiveSet, name: str) -> Impact:
             if name in (src.topic, source):
                 params = sorted(p.name for f in directives.functional.values() for p in f.directive.parameters if p.source == source)
                 params = sorted(set(params) | {p for rule in src.expectations for p in rule.protects})
-                return Impact(f"topic {src.topic} (source {source})", params, kpis_using(directives, set(params)))
+                return _impact(directives, f"topic {src.topic} (source {source})", params, source, whole_source=True)
             for rule in src.expectations:
                 if rule.name == name:
-                    return Impact(f"expectation {rule.name} (source {source}, {rule.action})", sorted(rule.protects),
-                                  kpis_using(directives, set(rule.protects)))  # fmt: skip
+                    what = f"expectation {rule.name} (source {source}, {rule.action})"
+                    return _impact(directives, what, sorted(rule.protects), source, whole_source=False)
     raise CrmError(f"{name!r} is neither an expectation nor a topic or source of the operational directives")

@@ -27,6 +27,12 @@ def _checked_value(params: DataFrame, kpi: Kpi, where: str) -> Column:
     return value
 
 
+def check_kpis(params: DataFrame, directive: StrategicDirective, where: str = "") -> None:
+    """Analyse every KPI's expression against the parameters it declares; no job runs."""
+    for kpi in directive.kpis:
+        _checked_value(params, kpi, where)
+
+
 def kpi_rows(params: DataFrame, directive: StrategicDirective, where: str = "", by: str | None = None) -> DataFrame:
     """One row per KPI (per `by` group, if given): value, target and whether it is met, computed
     in one aggregation.

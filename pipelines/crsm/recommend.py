@@ -28,13 +28,9 @@ KEY = "customer_key"  # the grain's pseudonym, what the topic carries
 
 def recommend(scored: DataFrame, directive: StrategicDirective, version: int, key: bytes, where: str = "") -> DataFrame:
     """One row per customer and rule that selects them, ranked by the rule's priority."""
+    check_rules(scored, directive, where)
     parts = []
-    for i, rule in enumerate(directive.recommendations.rules):
-        try:
-            _ = scored.select(GRAIN, *rule.uses).where(F.expr(rule.when)).select(F.expr(rule.priority)).schema  # analysis only
-        except (AnalysisException, ParseException) as exc:
-            reason = str(exc).strip().splitlines()[0]
-            raise CrmError(f"{where}: recommendations.rules[{i}] ({rule.name}): {reason}") from exc
+    for rule in directive.recommendations.rules:
         parts.append(
             scored.where(F.coalesce(F.expr(rule.when), F.lit(False))).select(
                 F.col(GRAIN),
@@ -49,6 +45,16 @@ def recommend(scored: DataFrame, directive: StrategicDirective, version: int, ke
     pseudonymised = ranked.withColumn(KEY, customer_pseudonym(F.col(GRAIN), key))
     identity = F.concat_ws("|", F.lit(directive.id), F.lit(str(version)), F.col("recommendation"), F.col(KEY))
     return pseudonymised.select(F.sha2(identity, 256).alias("recommendation_id"), "*")
+
+
+def check_rules(scored: DataFrame, directive: StrategicDirective, where: str = "") -> None:
+    """Analyse each rule's condition and priority over the grain and the columns it declares; no job runs."""
+    for i, rule in enumerate(directive.recommendations.rules if directive.recommendations else []):
+        try:
+            _ = scored.select(GRAIN, *rule.uses).where(F.expr(rule.when)).select(F.expr(rule.priority)).schema  # analysis only
+        except (AnalysisException, ParseException) as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise CrmError(f"{where}: recommendations.rules[{i}] ({rule.name}): {reason}") from exc
 
 
 def publish(recommendations: DataFrame, kafka: KafkaSettings, topic: str) -> int:

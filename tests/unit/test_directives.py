@@ -171,7 +171,19 @@ def test_impact_follows_parameters_through_the_purchase_model_to_the_kpis(direct
     kpis = {kpi for _, kpi in impact(directives, "crm.transaction").kpis}
     assert {"customer_lifetime_value", "expected_active_share", "repeat_purchase_rate", "active_customer_share"} == kpis
     assert main(["directives", "impact", "crm.social"]) == 0
-    assert "KPI at risk: complaining_customer_share" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "KPI at risk: complaining_customer_share" in out
+    # Breakdowns that read the source, and recommendation rules over its parameters.
+    assert "breakdown at risk: by_complaint_reason (functional.customer_metrics)" in out
+    assert "recommendation rule at risk: complaint_follow_up (strategic.customer_value)" in out
+    social = impact(directives, "social")
+    assert {b for _, b in social.breakdowns} == {
+        b.name for b in directives.only("functional").directive.breakdowns if any(p.source == "social" for p in b.parameters)
+    }
+    assert "cross_sell_candidate" in {r for _, r in social.rules}  # complaints_30d
+    # The currency rule protects monetary_sum_90d, which both of these rules read.
+    assert {r for _, r in found.rules} == {"valuable_customer_at_risk", "complaint_follow_up"}
+    assert found.breakdowns == []  # it protects no breakdown's parameter
     with pytest.raises(CrmError, match="'fax' is neither an expectation nor a topic"):
         impact(directives, "fax")
 
@@ -397,3 +409,45 @@ def test_a_rate_table_that_links_out_of_conf_is_refused(tree: Path, tmp_path: Pa
     _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["transaction"]["datafy"]["orders"].update(rates="conf/rates.csv"))
     with pytest.raises(CrmError, match=r"datafy.orders.rates: .*conf/rates.csv -> .*/rates.csv leads outside .*conf; refused$"):
         _load(tree)
+
+
+@pytest.mark.parametrize("root", ["directives", "directives/cdnow"])
+def test_the_shipped_directives_expressions_all_analyse(spark, root):
+    from pipelines.directive_checks import check_expressions
+
+    directives = load_directives(REPO / root, REPO / "schemas")
+    kpis = sum(len(s.directive.kpis) for s in directives.strategic.values())
+    assert check_expressions(spark, directives) > kpis
+
+
+def _first_filtered(doc: dict) -> dict:
+    return next(p for p in doc["parameters"] if p.get("filter"))
+
+
+def _first_scored_breakdown(doc: dict) -> dict:
+    return next(b for b in doc["breakdowns"] if b.get("scores"))
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "named"),
+    [
+        ("functional/customer_metrics.yaml", lambda d: _first_filtered(d).update(filter="no_such_column > 1"), "parameters ("),
+        ("functional/customer_metrics.yaml", lambda d: d["segmentation"]["scores"][0].update(expression="r_score +* 2"), "segmentation.scores ("),
+        ("functional/customer_metrics.yaml", lambda d: _first_scored_breakdown(d)["scores"][0].update(expression="no_such_parameter * 2"), "scores ("),
+        ("strategic/customer_value.yaml", lambda d: d["kpis"][0].update(expression=d["kpis"][0]["expression"] + " +"), "kpis ("),
+        (
+            "strategic/customer_value.yaml",
+            lambda d: d["recommendations"]["rules"][0].update(when=d["recommendations"]["rules"][0]["when"] + " AND no_such_column > 3"),
+            "recommendations.rules[0] (",
+        ),
+    ],
+)
+def test_check_analyses_every_expression_before_any_data(spark, tree: Path, file, edit, named):
+    """Each of these loads (names and references are right) and used to fail only when CRFM or CRSM started."""
+    from pipelines.directive_checks import check_expressions
+
+    _edit(tree / file, edit)
+    broken = _load(tree)
+    with pytest.raises(CrmError) as err:
+        check_expressions(spark, broken)
+    assert str(tree / file) in str(err.value) and named in str(err.value)
