@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterable
 
 import pyarrow as pa
-from pyspark import SparkContext
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -68,28 +66,6 @@ def keep_jars_off_python_path(spark: SparkSession) -> SparkSession:
     context._python_includes = [p for p in context._python_includes if not p.lower().endswith(".jar")]
     sys.path[:] = [p for p in sys.path if not p.lower().endswith(".jar")]
     return spark
-
-
-# Spark's (internal) choice between compiled and interpreted expressions outside whole-stage
-# code. Tasks read SQL settings from the local properties of the thread that submitted the job,
-# and a session sets there only what it was given, so a thread can choose for its own jobs.
-CODEGEN_FACTORY_MODE = "spark.sql.codegen.factoryMode"
-
-
-@contextmanager
-def interpreted_expressions(context: SparkContext):
-    """Jobs this thread (and threads that inherit its properties) submits in the block
-    interpret projections and predicates instead of compiling them.
-
-    Every task generates the Java source of its projections again (only the compiled class
-    is cached); over a few thousand rows that costs more than interpreting them.
-    """
-    previous = context.getLocalProperty(CODEGEN_FACTORY_MODE)
-    context.setLocalProperty(CODEGEN_FACTORY_MODE, "NO_CODEGEN")
-    try:
-        yield
-    finally:
-        context.setLocalProperty(CODEGEN_FACTORY_MODE, previous)
 
 
 def with_constants(frame: DataFrame, constants: DataFrame) -> DataFrame:

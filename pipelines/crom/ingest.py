@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import reduce
@@ -44,26 +43,21 @@ from pipelines.lakehouse import BatchAppender, ensure_table
 from pipelines.privacy import hmac_key
 from pipelines.rates import read_rates
 from pipelines.schemas import EventSchema
-from pipelines.spark import interpreted_expressions, local_frame, with_constants
+from pipelines.spark import local_frame, with_constants
 from pipelines.tables import CromTables
 from pipelines.timing import describe, timed
 
 log = logging.getLogger(__name__)
 
 APP_ID = "crom-ingest"
-# Up to this many records (a default-sized batch), the batch's writes run one task per job:
-# a task's fixed cost (code generated for the wide staged row, Delta's statistics) outweighs
-# splitting the rows, and the batch's ~9 writes run at once, so they fill the cores between
-# them. On two cores, 25k- and 50k-record batches took 12% and 6% less time than with one
-# task per core (the parse, which runs alone, still takes one task per core).
+# Up to this many records (a default-sized batch), each of the batch's writes runs as one
+# task: a task's fixed cost (code generated for the wide staged row, Delta's statistics)
+# outweighs splitting the rows, and the writes run at once, so they fill the cores between
+# them. The parse, which runs alone, takes one task per core.
 ONE_TASK_BATCH = 50_000
-# Batches of up to this many records interpret their expressions instead of compiling them
-# in every task. On two cores, batches of 500 and 2,000 records took 2-16% less time (runs
-# differ); from 5,000 on, the silver writes, which datafy every row, lost what the rest gained.
-INTERPRETED_BATCH = 2_000
 # Commits between Delta checkpoints of the tables a batch writes (Delta's default is 10).
-# These tables commit about once a batch, so with 10 they all wrote a checkpoint in the same
-# batch, one in ten, and made it and the next several seconds slower.
+# These tables all commit once a batch, so one batch in ten would write every checkpoint at
+# once; one in a hundred keeps that slow batch rare, and the log a snapshot replays short.
 CHECKPOINT_INTERVAL = 100
 
 
@@ -85,14 +79,39 @@ class BatchResult:
         return {c["source"]: c["watermark"].isoformat() for c in self.counts if c["watermark"] is not None}
 
 
+@dataclass(frozen=True)
+class Routed:
+    """A batch routed to its tables: the staged rows with the batch's constants, each source's
+    watermark, the writes of bronze, validation results, quarantine and late, and each
+    source's valid rows for silver (the new ones are found while the writes run)."""
+
+    batch: DataFrame
+    constants: DataFrame
+    watermarks: dict[str, datetime | None]
+    writes: dict[str, Callable[[], object]]
+    silver: dict[str, DataFrame]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What the writes found: rows inserted into silver and late rows, per source."""
+
+    inserted: Counter
+    late: dict[str, int]
+
+
 class BatchWriter:
     """Writes one micro-batch to every CROM table; safe to call twice with the same batch id.
 
-    Each batch is staged once (parse, rule conditions, flags) into a local checkpoint; one aggregation
-    then gives every count, GE metric and the newest event time per source. `fail` rules
-    are judged before anything is written, so a stopping batch leaves no trace. The tables
-    are then written in parallel, and batch_audit last. Each batch's `BatchResult` goes to
-    `on_batch`, if given (the progress listener, the bench); the writer keeps none of them.
+    A batch goes through named steps (docs/design/crom.md):
+    - stage: parse, rule conditions and flags, into a local checkpoint; one aggregation then
+      gives every count, GE metric and the newest event time per source;
+    - judge: Great Expectations' results; a failed `fail` rule stops the batch before anything
+      is written, so it leaves no trace;
+    - route: watermarks, and which rows go to which table;
+    - write: every table in parallel, the new rows found meanwhile; batch_audit last.
+    Each batch's `BatchResult` goes to `on_batch`, if given (the progress listener, the
+    bench); the writer keeps none of them.
     """
 
     def __init__(
@@ -123,7 +142,6 @@ class BatchWriter:
         }
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
         self._newest: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
-        self._last_batch_small = False  # whether the last batch had at most INTERPRETED_BATCH records
         self.on_batch = on_batch
         # Column expressions are built once: building them costs thousands of JVM calls.
         decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic", "kafka_timestamp")
@@ -182,18 +200,13 @@ class BatchWriter:
         # milliseconds instead of re-optimising it (several seconds a batch when persisted).
         # One task per core, not per Kafka partition: every task of every job generates code
         # for the wide parsed row, which costs more than a small batch's data.
-        # Small batches interpret their expressions (INTERPRETED_BATCH). A batch's size is known
-        # only once it is parsed, and a stream's batches are alike, so the parse follows the last.
-        parse_interpreted = self._last_batch_small
-        with self._phase("parse+validate"), self._expressions(interpreted=parse_interpreted):
+        with self._phase("parse+validate"):
             staged = self.stage(batch.coalesce(self.spark.sparkContext.defaultParallelism)).localCheckpoint(eager=True)
         try:
-            with self._phase("parse+validate"), self._expressions(interpreted=parse_interpreted):
+            with self._phase("parse+validate"):
                 totals = staged.agg(*self.totals).first()
             records_in_batch = sum(totals[f"records_{s}"] for s in self.topics.values())
-            self._last_batch_small = records_in_batch <= INTERPRETED_BATCH
-            with self._expressions(interpreted=self._last_batch_small):
-                counts = self._write(staged, totals, records_in_batch, batch_id)
+            counts = self._write(staged, totals, records_in_batch, batch_id)
         finally:
             staged.unpersist()
         silver_done = [s for name, s in self.table_finished.items() if name.startswith("silver ")]
@@ -210,10 +223,6 @@ class BatchWriter:
             log.debug("batch %d steps: %s; tables in parallel: %s", batch_id, describe(self.phases), describe(self.table_seconds))
         if self.on_batch is not None:
             self.on_batch(result)
-
-    def _expressions(self, interpreted: bool):
-        """The block's jobs interpret their expressions (a small batch, see INTERPRETED_BATCH), or compile them."""
-        return interpreted_expressions(self.spark.sparkContext) if interpreted else nullcontext()
 
     def _phase(self, name: str):
         """Time a step of the batch; the log line shows where the batch spent its time."""
@@ -238,21 +247,35 @@ class BatchWriter:
         return out + self.validator.aggregates(lambda source: (F.col("kafka_topic") == sources_by_name[source]) & F.col(source).isNotNull())
 
     def _write(self, staged: DataFrame, totals: Row, records_in_batch: int, batch_id: int) -> list[dict]:
+        """judge, route, write, audit: the batch's counts per source, as batch_audit has them."""
         if not records_in_batch:
             return []
         if records_in_batch <= ONE_TASK_BATCH:
             staged = staged.coalesce(1)
+        results = self._judge(totals, batch_id)
+        routed = self._route(staged, totals, results, batch_id)
+        with self._phase("tables"):
+            written = self._write_tables(routed, batch_id)
+        counts = self._counts(totals, routed, written, batch_id)
+        with self._phase("audit"):  # last: it records the batch as complete
+            rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
+            self.appender.append(local_frame(self.spark, rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
+        return counts
+
+    def _judge(self, totals: Row, batch_id: int) -> list[tuple]:
+        """Great Expectations' results for the batch; a failed `fail` rule stops it before anything is written."""
         results = self.validator.judge(totals, batch_id)
         stops = failures_that_stop(results)
         if stops:
             rules = ", ".join(f"{r['source']}.{r['rule']} ({r['expectation_type']})" for r in stops)
             raise CrmError(f"batch {batch_id}: 'fail' rule(s) failed: {rules}; nothing of this batch was written")
+        return results
+
+    def _route(self, staged: DataFrame, totals: Row, results: list[tuple], batch_id: int) -> Routed:
+        """Which tables the batch writes, and each one's rows (lazy frames over the staged rows)."""
         watermarks = self._watermarks(totals, batch_id)
         constants = records.batch_constants(self.spark, batch_id, watermarks)
         batch = with_constants(staged, constants)
-        # Every table of the batch is written at once. Each write is a few small Spark jobs
-        # and a Delta commit whose cost hardly depends on the data (planning, code generation,
-        # snapshots); one after another they made even a tiny batch take ~16 s.
         writes = {"bronze": lambda: self.appender.append(records.to_bronze(batch, self.pii_keys), self.tables.bronze, batch_id)}
         if results:
             frame = local_frame(self.spark, results, RESULTS_SCHEMA)
@@ -261,8 +284,7 @@ class BatchWriter:
             quarantine = records.to_quarantine(batch, self.topics, self.pii_keys, self.directive.id, self.directive.version)
             writes["quarantine"] = lambda: self.appender.append(quarantine, self.tables.quarantine, batch_id)
         late_frames, silver = [], {}
-        with_rows = [source for source in self.topics.values() if totals[f"valid_{source}"]]
-        for source in with_rows:
+        for source in (s for s in self.topics.values() if totals[f"valid_{s}"]):
             silver_rows = records.to_silver(batch, self.valid[source], self.silver_columns[source])
             mark = watermarks[source]
             if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
@@ -270,43 +292,47 @@ class BatchWriter:
             silver[source] = silver_rows  # `_new_events` keeps the on-time rows
         if late_frames:
             writes["late"] = lambda: self._append_late(late_frames, batch_id)
-        with self._phase("tables"), ThreadPoolExecutor(len(writes) + len(silver), thread_name_prefix="crom-write") as pool:
+        return Routed(batch, constants, watermarks, writes, silver)
+
+    def _write_tables(self, routed: Routed, batch_id: int) -> Written:
+        """Every table of the batch at once, the audit aside. Each write is a few small Spark jobs
+        and a Delta commit whose cost hardly depends on the data; meanwhile one check for every
+        source finds the new rows, so that each silver write is a single job."""
+        with ThreadPoolExecutor(len(routed.writes) + len(routed.silver), thread_name_prefix="crom-write") as pool:
             # Inheriting the batch thread's job group lets stopping the query cancel these jobs too.
             write_table = inheritable_thread_target(self._timed)
-            running = {name: pool.submit(write_table, name, write) for name, write in writes.items()}
-            # Meanwhile, which rows are new: one check for every source, so that each silver
-            # write is a single job.
-            new, new_rows = self._new_events(batch, constants, batch_id) if silver else (None, None)
-            for source, rows in silver.items():
+            running = {name: pool.submit(write_table, name, write) for name, write in routed.writes.items()}
+            new, new_rows = self._new_events(routed.batch, routed.constants, batch_id) if routed.silver else (None, None)
+            for source, rows in routed.silver.items():
                 keys = self.spark.createDataFrame(new_rows.filter(pc.equal(new_rows["source"], source)).select(["kafka_partition", "kafka_offset"]))
                 write = lambda rows=rows, keys=keys, source=source: self._write_silver(rows, keys, source, batch_id)
                 running[f"silver {source}"] = pool.submit(write_table, f"silver {source}", write)
         done = {name: future.result() for name, future in running.items()}  # the first failure, if any, raises here
         if new is not None:
             self.seen_events.add(batch_id, new)
-        inserted = Counter(new_rows["source"].to_pylist()) if new_rows is not None else {}
-        late = done.get("late", {})
+        inserted = Counter(new_rows["source"].to_pylist()) if new_rows is not None else Counter()
+        return Written(inserted=inserted, late=done.get("late", {}))
+
+    def _counts(self, totals: Row, routed: Routed, written: Written, batch_id: int) -> list[dict]:
+        """One batch_audit row per source."""
         counts = []
         for source in self.topics.values():
-            valid = totals[f"valid_{source}"]
+            valid, late, inserted = totals[f"valid_{source}"], written.late.get(source, 0), written.inserted.get(source, 0)
             counts.append(
                 dict(
                     batch_id=batch_id,
                     source=source,
                     records=totals[f"records_{source}"],
-                    silver_rows=inserted.get(source, 0),
+                    silver_rows=inserted,
                     quarantined=totals[f"records_{source}"] - valid,
                     untrusted=totals[f"untrusted_{source}"],
                     max_event_time=self._newest[1].get(source),
-                    watermark=watermarks[source],
-                    late=late.get(source, 0),
-                    duplicates=valid - late.get(source, 0) - inserted.get(source, 0),
+                    watermark=routed.watermarks[source],
+                    late=late,
+                    duplicates=valid - late - inserted,
                     finished_at=datetime.now(timezone.utc),
                 )
             )
-        with self._phase("audit"):  # last: it records the batch as complete
-            rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
-            self.appender.append(local_frame(self.spark, rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
         return counts
 
     def _timed(self, table: str, write):

@@ -46,6 +46,7 @@ import socket
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
 from functools import reduce
@@ -54,6 +55,7 @@ from pathlib import Path
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.util import inheritable_thread_target
 
 from pipelines import broker
 from pipelines.config import REPO_ROOT, load_profile, sample_data
@@ -185,17 +187,41 @@ def passthrough(spark, profile, topics: list[str], table: str, checkpoint: str, 
     return stream.trigger(**trigger).start(table)
 
 
+def _shape_floor(spark, writer: BatchWriter, batch: DataFrame, work: Path, batch_id: int) -> None:
+    """The simplest batch with CROM's shape: the same parse into a local checkpoint, one
+    aggregation, then in parallel bronze, validation results and one silver table per source
+    (each with one Python UDF, as each datafied source has), and an audit row last. No rules,
+    no duplicate check, no datafication: what the shape costs before any of CROM's work."""
+    staged = writer.stage(batch.coalesce(spark.sparkContext.defaultParallelism)).localCheckpoint(eager=True)
+    staged.agg(F.count("*"), F.max("kafka_offset")).first()
+    python_step = F.pandas_udf(lambda values: values.str.len(), "long")
+    append = lambda frame, name: frame.write.format("delta").mode("append").save(str(work / "shape-floor" / name))  # noqa: E731
+    writes = [
+        lambda: append(staged.select("key", "value", "kafka_topic", "kafka_offset"), "bronze"),
+        lambda: append(spark.createDataFrame([(batch_id, "rule", True)], "batch_id long, rule string, success boolean"), "validation"),
+    ]
+    for topic, source in writer.topics.items():
+        rows = staged.where(F.col("kafka_topic") == topic).select(F.col(f"{source}.event_id"), "kafka_offset", python_step("value").alias("n"))
+        writes.append(lambda rows=rows, source=source: append(rows, f"silver_{source}"))
+    with ThreadPoolExecutor(len(writes)) as pool:
+        for done in [pool.submit(inheritable_thread_target(write)) for write in writes]:
+            done.result()
+    append(spark.createDataFrame([(batch_id, 0)], "batch_id long, records long"), "audit")
+    staged.unpersist()
+
+
 def small_batches(spark, profile, operational, schemas, stream: EventStream, work: Path) -> dict[str, float]:
     """The seconds and code compilations of a small CROM batch: the batch writer called directly
     with Kafka-shaped rows (no broker, no trigger), on tables of its own. Medians over the
     batches after the first few, which create tables and compile the first classes. Beside it,
     the floors it is measured against: one empty append to one Delta table, and the same
-    Kafka-shaped rows appended as they are to one table (a passthrough's batch)."""
+    Kafka-shaped rows appended as they are to one table (a passthrough's batch), and the
+    simplest batch with CROM's shape (`_shape_floor`)."""
     run = profile.model_copy(update={"lakehouse": work / "small-lakehouse", "checkpoints": work / "small-checkpoints"})
     history: dict[int, dict[str, float]] = {}
     writer = BatchWriter(spark, run, operational, schemas, on_batch=lambda result: history.__setitem__(result.batch_id, result.phases))
     compilations = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
-    seconds, compiled, floor, passthrough_s = [], [], [], []
+    seconds, compiled, floor, passthrough_s, shape_s = [], [], [], [], []
     for batch_id in range(SMALL_BATCHES):
         events = map(stream.event, range(batch_id * SMALL_BATCH_RECORDS, (batch_id + 1) * SMALL_BATCH_RECORDS))
         now = datetime.now(timezone.utc)
@@ -211,6 +237,9 @@ def small_batches(spark, profile, operational, schemas, stream: EventStream, wor
         started = time.monotonic()
         batch.write.format("delta").mode("append").save(str(work / "small-passthrough"))
         passthrough_s.append(time.monotonic() - started)
+        started = time.monotonic()
+        _shape_floor(spark, writer, batch, work, batch_id)
+        shape_s.append(time.monotonic() - started)
         batch.unpersist()
     median = lambda values: statistics.median(values[SMALL_BATCH_WARM_UP:])  # noqa: E731
     return {
@@ -219,6 +248,7 @@ def small_batches(spark, profile, operational, schemas, stream: EventStream, wor
         "delta_commit_floor_s": median(floor),
         "passthrough_small_batch_s_p50": median(passthrough_s),
         "crom_small_batch_vs_floor": median(seconds) / median(floor),
+        "crom_shape_floor_s_p50": median(shape_s),
     }
 
 
