@@ -53,4 +53,3 @@ def check_expressions(spark: SparkSession, directives: DirectiveSet) -> int:
             rules = directive.recommendations.rules if directive.recommendations else []
             checked += len(directive.kpis) + 2 * len(rules)
     return checked
-

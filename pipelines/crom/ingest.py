@@ -420,7 +420,7 @@ class BatchWriter:
 
     def _derived_columns(self, source: str) -> list[Column]:
         """The source's datafied columns that are expressions over its row (text, orders, web),
-        built once: built for every batch, they were thousands of calls into the JVM."""
+        built once per job: building them takes thousands of calls into the JVM."""
         datafy, columns = self.directive.sources[source].datafy, []
         if datafy.text is not None:
             columns += text_columns(datafy.text, self.key, predicted=source in self.sentiment_models)

@@ -39,7 +39,8 @@ _UNITS_OF_TIME = r"(?:ms|msecs?|millis(?:econds?)?|s|secs?|seconds?|mins?|minute
 _UNITS_OF_SIZE = r"(?:[KMGTP]i?B|B|bytes?)"
 
 # Applied in this order; names are what a template shows, e.g. 'Received block <ID> of size <NUM>'.
-# Each is generic (nothing from one system's logs); e-mail addresses are replaced before mining.
+# Each is generic (nothing from one system's logs). In silver the line is a `scrub` field, so its
+# e-mail addresses are already <email>; the EMAIL mask serves lines mined without that step.
 GENERIC_MASKS: tuple[tuple[str, str], ...] = (
     ("STR", r'"[^"]*"'),
     ("URL", r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+"),

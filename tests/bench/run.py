@@ -218,8 +218,7 @@ def small_batches(spark, profile, operational, schemas, stream: EventStream, wor
     Kafka-shaped rows appended as they are to one table (a passthrough's batch), and the
     simplest batch with CROM's shape (`_shape_floor`)."""
     run = profile.model_copy(update={"lakehouse": work / "small-lakehouse", "checkpoints": work / "small-checkpoints"})
-    history: dict[int, dict[str, float]] = {}
-    writer = BatchWriter(spark, run, operational, schemas, on_batch=lambda result: history.__setitem__(result.batch_id, result.phases))
+    writer = BatchWriter(spark, run, operational, schemas)
     compilations = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
     seconds, compiled, floor, passthrough_s, shape_s = [], [], [], [], []
     for batch_id in range(SMALL_BATCHES):

@@ -29,12 +29,9 @@ def _ingest_env(profile, work: Path, name: str, **extra: str) -> dict:
     return crm_env(profile.model_copy(update={"lakehouse": work / f"{name}-lakehouse", "checkpoints": work / f"{name}-checkpoints"}), **extra)
 
 
-def _start_ingest(env: dict, *args: str, cpus: set[int] | None = None) -> subprocess.Popen:
-    """`crm ingest` in its own process group; `cpus` pins it (and the JVM and Python workers it starts) to those CPUs."""
-    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    return subprocess.Popen(
-        [CRM, "ingest", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=pin
-    )
+def _start_ingest(env: dict, *args: str) -> subprocess.Popen:
+    """`crm ingest` in its own process group."""
+    return subprocess.Popen([CRM, "ingest", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _wait(condition: Callable[[], bool], proc: subprocess.Popen | None, what: str, timeout_s: float = 900) -> None:
@@ -78,12 +75,12 @@ def _batches(progress: Path) -> list[dict]:
     return [line for line in lines if line["rows"]]
 
 
-def ingest_eps(profile, work: Path, name: str, *args: str, cpus: set[int] | None = None, **env: str) -> float:
+def ingest_eps(profile, work: Path, name: str, *args: str, **env: str) -> float:
     """Records per second of `crm ingest` over CLUSTER_BATCHES batches after CLUSTER_WARM_UP
     batches, from its own progress log (batch durations: the JVM's start is not counted)."""
     run_env = _ingest_env(profile, work, name, CRM_MAX_OFFSETS_PER_TRIGGER=str(CLUSTER_BATCH), **env)
     progress = Path(run_env["CRM_CHECKPOINTS"]) / "progress" / "crom_ingest.jsonl"
-    proc = _start_ingest(run_env, *args, cpus=cpus)
+    proc = _start_ingest(run_env, *args)
     try:
         needed = CLUSTER_WARM_UP + CLUSTER_BATCHES
         _wait(lambda: len(_batches(progress)) >= needed, proc, f"{needed} batches of {name}")
