@@ -64,8 +64,9 @@ def test_the_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-# Commands over every layer: the CLI, the spark-submit zip and the table catalogue.
-TOOLS = {"pipelines.cli", "pipelines.dist", "pipelines.catalog"}
+# Commands over every layer: the CLI, the spark-submit zip, the table catalogue and the
+# directives' expression check (`crm directives check`).
+TOOLS = {"pipelines.cli", "pipelines.dist", "pipelines.catalog", "pipelines.directive_checks"}
 
 
 def test_layers_import_no_other_layer_and_shared_modules_import_none():
