@@ -51,3 +51,11 @@ def read_topic(bootstrap: str, topic: str, expected: int, deadline_s: float = 60
     finally:
         consumer.close()
     return records
+
+
+def spark_jobs_started(spark) -> int:
+    """How many Spark jobs the application has started, from any thread or job group."""
+    context = spark.sparkContext._jsc.sc()
+    context.listenerBus().waitUntilEmpty()  # the status store is fed by the listener bus
+    jobs = context.statusStore().jobsList(None)
+    return 1 + max([jobs.apply(i).jobId() for i in range(jobs.size())], default=-1)

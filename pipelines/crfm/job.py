@@ -11,15 +11,26 @@ holds the parameters re-measured for them (see parameter_variants); with `segmen
 same as_of. A new version of the directive recomputes them all, even on the same silver data.
 The tables after the customer parameters are independent of each other, so they are built
 together (STEPS_AT_ONCE at a time) and their step times overlap.
+
+A finished run records what it was computed from (`current.json` beside the partials'
+checkpoints): the silver versions and a fingerprint of the directive. A scheduled run that
+finds the same versions (read from the Delta logs by delta-rs) and the same fingerprint has
+nothing to do, and returns without a Spark job.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
+from pathlib import Path
 
+import deltalake
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -28,7 +39,7 @@ from pipelines.config import Profile
 from pipelines.crfm.incremental import Fold, update_partials
 from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, earlier_labels, feeds, joined, parameter_variants, source_parts
 from pipelines.crfm.segments import check_scores, scores, segments
-from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded
+from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded, Validity
 from pipelines.lakehouse import overwrite_unless_current, table_version
 from pipelines.tables import functional_table, silver_table
 from pipelines.timing import describe, timed
@@ -54,12 +65,19 @@ STEPS_AT_ONCE = 3  # tables built together after the customer parameters
 
 def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveSet, functional: Loaded, full: bool = False) -> FunctionalRun:
     """Bring the directive's tables up to date; `full` recomputes the partials from all of silver."""
+    started = time.monotonic()
     directive = functional.directive
     # What is measured: the customer parameters (part "") and each breakdown (part "by_...").
     measured = measured_parts(directive)
     fed = {part: feeds(each) for part, each in measured.items()}  # each part's partials tables
     sources = sorted({feed.source for named in fed.values() for feed in named.values()})
     paths = {s: silver_table(profile, s) for s in sources}
+    # The validity checks of the strategic directive this one serves re-measure the parameters.
+    validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
+    record = CurrentRecord(profile.checkpoints / "crfm" / directive.id / "current.json", _fingerprint(directive, validity))
+    if not full and (done := record.unchanged(paths)) is not None:
+        log.info("CRFM %s: up to date, silver has no new version", directive.id)
+        return replace(done, phases={"check": time.monotonic() - started})
     # Versions only grow, so their sum identifies the input state and grows with it.
     source_version = sum(table_version(spark, p) for p in paths.values())
     schemas = {s: spark.read.format("delta").load(p).schema for s, p in paths.items()}
@@ -98,9 +116,6 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
             F.lit(directive.version).alias("directive_version"),
             F.current_timestamp().alias("computed_at"),
         ]
-
-    # The validity checks of the strategic directive this one serves re-measure the parameters.
-    validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
 
     @cache
     def parts():  # cached: the parameters and most variants are joins of the same parts
@@ -155,7 +170,9 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     new_events = sum(run.new_events for run in runs)
     if rebuilt:
         log.debug("functional %s: %d customers from silver version %d, %d new events (%s)", directive.id, customers, source_version, new_events, describe(phases))
-    return FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns)
+    run = FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns)
+    record.save(paths, run, [out, *(functional_table(profile, directive.id, step) for step in steps if step not in breakdowns), *breakdowns.values()])
+    return run
 
 
 def measured_parts(directive: FunctionalDirective) -> dict[str, FunctionalDirective]:
@@ -166,6 +183,47 @@ def measured_parts(directive: FunctionalDirective) -> dict[str, FunctionalDirect
 def partials_path(profile: Profile, directive_id: str, part: str, name: str) -> str:
     """The partials table that feed `name` of a part folds into."""
     return functional_table(profile, directive_id, f"{part}_partials_{name}" if part else f"partials_{name}")
+
+
+def _fingerprint(directive: FunctionalDirective, validity: Validity | None) -> str:
+    """Changes whenever the tables would be computed differently from the same silver data."""
+    spec = [directive.model_dump(mode="json"), validity.model_dump(mode="json") if validity else None]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CurrentRecord:
+    """What the last finished run was computed from: silver's versions and the directive's
+    fingerprint, with the run it returned and the tables it keeps."""
+
+    path: Path
+    fingerprint: str
+
+    def unchanged(self, silver: dict[str, str]) -> FunctionalRun | None:
+        """The last run, when silver has no new version, the directive is the same and every
+        table is still there; else None. Reads the Delta logs with delta-rs: no Spark job."""
+        try:
+            saved = json.loads(self.path.read_text())
+            versions = {s: deltalake.DeltaTable(p).version() for s, p in silver.items()}
+        except (OSError, ValueError, deltalake.exceptions.TableNotFoundError):
+            return None
+        if saved["fingerprint"] != self.fingerprint or saved["silver_versions"] != versions:
+            return None
+        if not all(Path(table, "_delta_log").is_dir() for table in saved["tables"]):
+            return None
+        run = saved["run"]
+        return FunctionalRun(**{**run, "new_events": 0, "rebuilt_partials": False, "skipped": True})
+
+    def save(self, silver: dict[str, str], run: FunctionalRun, tables: list[str]) -> None:
+        """Record a finished run; written to a temporary file and renamed, so never half-written."""
+        versions = {s: deltalake.DeltaTable(p).version() for s, p in silver.items()}
+        if sum(versions.values()) != run.source_version:
+            return  # silver moved during the run (ingest runs beside it): the next run checks again
+        saved = {"fingerprint": self.fingerprint, "silver_versions": versions, "tables": tables, "run": asdict(run)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".tmp")
+        partial.write_text(json.dumps(saved, indent=1))
+        os.replace(partial, self.path)
 
 
 def _directive_version(spark: SparkSession, table: str) -> int | None:

@@ -284,7 +284,8 @@ def latencies(spark, profile, stream: EventStream, first: int, results: dict, di
 
 def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     """CRFM over 99% of a CROM run's silver events, then timed over the newest 1% added
-    (incremental) and over all of it again (`full`, partials recomputed)."""
+    (incremental), with nothing new (fixed) and over all of it again (`full`, partials
+    recomputed)."""
     functional = directives.only("functional")
     profile = crom_run.model_copy(update={"lakehouse": work / "lakehouse", "checkpoints": work / "checkpoints"})
     sources = sorted({p.source for p in functional.directive.parameters})
@@ -304,6 +305,11 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     if incremental.new_events != added or incremental.rebuilt_partials:
         raise RuntimeError(f"the incremental run did not fold exactly the {added:,} new events: {incremental}")
     started = time.monotonic()
+    unchanged = run_functional(spark, profile, directives, functional)  # silver has no new version
+    fixed_s = time.monotonic() - started
+    if not unchanged.skipped:
+        raise RuntimeError(f"a run with nothing new recomputed: {unchanged}")
+    started = time.monotonic()
     recomputed = run_functional(spark, profile, directives, functional, full=True)
     full_s = time.monotonic() - started
     total = sum(df.count() for df in silver.values())
@@ -312,6 +318,7 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
         "functional_incremental_s": incremental_s,
         "functional_full_s": full_s,
         "incremental_vs_full": incremental_s / full_s,
+        "functional_fixed_s": fixed_s,
         "functional_new_events": added,
         "functional_events": total,
         **steps,

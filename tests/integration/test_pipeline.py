@@ -30,7 +30,7 @@ from pipelines.rates import read_rates
 from pipelines.status import committed_offsets, lag
 from pipelines.tables import CromTables, functional_table, strategic_table
 from pipelines.topics import end_offsets
-from tests.helpers import read_topic
+from tests.helpers import read_topic, spark_jobs_started
 
 pytestmark = pytest.mark.integration
 
@@ -213,9 +213,13 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
 
     # CRFM: per-customer parameters match a computation straight from the generated events.
     functional = directives.only("functional")
+    before = spark_jobs_started(spark)
     run = run_functional(spark, profile, directives, functional)
-    assert not run.skipped
-    assert run_functional(spark, profile, directives, functional).skipped  # no new silver data
+    assert not run.skipped and spark_jobs_started(spark) > before
+    before = spark_jobs_started(spark)
+    unchanged = run_functional(spark, profile, directives, functional)  # no new silver data: no Spark job
+    assert unchanged.skipped and spark_jobs_started(spark) == before
+    assert (unchanged.customers, unchanged.source_version, unchanged.breakdowns) == (run.customers, run.source_version, run.breakdowns)
     # A new version of the directive that only rescores is recomputed on the same silver data.
     shipped = functional.directive.segmentation
     rescore = [s.model_copy(update={"expression": "r_score * 100"}) if s.name == "customer_score" else s for s in shipped.scores]
