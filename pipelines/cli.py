@@ -20,6 +20,7 @@ from pathlib import Path
 from pipelines import console
 from pipelines.config import Profile, load_profile
 from pipelines.errors import CrmError
+from pipelines.generator import FEED, SMALL_SHOP, Traffic
 
 log = logging.getLogger("crm")
 
@@ -87,7 +88,7 @@ def cmd_broker(args, profile: Profile) -> int:
     return 0
 
 
-def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction: float, rate: float | None, start: str):
+def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction: float, rate: float | None, start: str, traffic):
     from pipelines.generator import EventStream, produce
     from pipelines.topics import end_offsets_total, ensure_topics
 
@@ -95,8 +96,8 @@ def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction:
     ensure_topics(profile.kafka, operational.sources)
     topics = {name: src.topic for name, src in operational.sources.items()}
     first = end_offsets_total(profile.kafka, list(topics.values())) if start == "auto" else int(start)
-    log.info("producing %d events from index %d (seed %d, bad fraction %.3f)", events, first, seed, bad_fraction)
-    stream = EventStream(seed=seed, topics=topics, bad_fraction=bad_fraction)
+    log.info("producing %d events from index %d (seed %d, bad fraction %.3f; %s)", events, first, seed, bad_fraction, traffic.describe())
+    stream = EventStream(seed=seed, topics=topics, bad_fraction=bad_fraction, traffic=traffic)
     progress = console.Progress()
     manifest = produce(profile.kafka, stream, first, events, rate=rate, progress=progress.update)
     progress.done(f"produced {events:,} events")
@@ -106,7 +107,7 @@ def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction:
 
 
 def cmd_produce(args, profile: Profile) -> int:
-    _produce(profile, _check_all(profile), args.events, args.seed, args.bad_fraction, args.rate, args.start)
+    _produce(profile, _check_all(profile), args.events, args.seed, args.bad_fraction, args.rate, args.start, _traffic(args))
     return 0
 
 
@@ -474,7 +475,7 @@ def _demo(args, profile: Profile, directives) -> int:
             _replay(profile, directives, args.replay, None, None)
             manifest = None
         else:
-            manifest = _produce(profile, directives, args.events, args.seed, args.bad_fraction, None, "auto")
+            manifest = _produce(profile, directives, args.events, args.seed, args.bad_fraction, None, "auto", _traffic(args))
         spark = _spark(profile, "crm-demo")
         _ingest(spark, profile, directives, until_caught_up=True)
         _resolve(spark, profile, directives)
@@ -549,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="same seed, same events (default 42)")
     p.add_argument("--bad-fraction", type=float, default=0.0, help="share of bad records, 0..1 (default 0)")
     p.add_argument("--start", default="0", help="index of the first event, or 'auto' to continue after what the topics hold")
+    _traffic_arguments(p, FEED)
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("replay", parents=[common], help="send a real public data set to the source topics")
@@ -615,8 +617,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bad-fraction", type=float, default=0.02, help="share of bad records (default 0.02)")
     p.add_argument("--replay", choices=sorted(DATASETS), help="send this public data set instead of generated events")
+    _traffic_arguments(p, SMALL_SHOP)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _traffic_arguments(parser: argparse.ArgumentParser, default: Traffic) -> None:
+    """The generated feed's scale; the defaults say which profile they are."""
+    parser.add_argument("--customers", type=int, default=default.customers, help=f"customers the events come from (default {default.customers:,})")
+    parser.add_argument(
+        "--events-per-day", type=float, default=default.events_per_day,
+        help=f"event time advances by a day every this many events (default {default.events_per_day:,.0f})",
+    )  # fmt: skip
+
+
+def _traffic(args) -> Traffic:
+    try:
+        return Traffic(args.customers, args.events_per_day)
+    except ValueError as exc:
+        raise CrmError(f"--customers/--events-per-day: {exc}") from None
 
 
 def _validate_args(args) -> None:

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 from pipelines.config import KafkaSettings
-from pipelines.connection import connect
 
 SOURCES = ("web", "social", "log", "transaction")
 SOURCE_WEIGHTS = (50, 10, 20, 20)
@@ -39,15 +38,13 @@ QUARANTINED_KINDS = tuple(REASON_OF_KIND)
 SILVER_KINDS = ("valid", "untrusted_producer")
 LATE_BY = timedelta(days=365)  # far behind any watermark
 ANCHOR = datetime(2026, 6, 1, tzinfo=timezone.utc)
-SPACING_S = 90  # mean gap between events: 100k events span about 104 days
-POPULATION = 2_000
 # Buying behaviour follows the models CRSM fits, so their fits mean something: customers stop
 # ordering after an exponential lifetime (BG/NBD's dropout), and an order's value is
 # Gamma(SPEND_SHAPE, ν) with ν ~ Gamma(q, γ) per customer (Gamma-Gamma).
 MEAN_LIFETIME_DAYS = 365
 SPEND_SHAPE = 4.0
 SPEND_Q, SPEND_GAMMA = 4.0, 600.0  # mean order values average γ/(q-1) x SPEND_SHAPE = 800
-PROSPECTS = 1_000  # anonymous visitors: cookies of people who never identify or buy (the leads)
+PROSPECTS_PER_CUSTOMER = 0.5  # anonymous visitors: cookies of people who never identify or buy (the leads)
 PROSPECT_SHARE = 0.25  # of web events
 MAX_MEAN_ORDER = 5_000.0  # caps the few heaviest spenders (about 1 in 300), so no valid order breaks the amount rule
 
@@ -96,6 +93,36 @@ LOG_LINES = (
     "INFO Cache hit ratio {r}",
     "ERROR Card declined for order {o} code {n}",
 )
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The scale of a generated feed: how many customers send its events, and how fast its
+    event time advances (event i happens about i / events_per_day days after ANCHOR)."""
+
+    customers: int
+    events_per_day: float
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.customers <= 999_999:  # customer ids are C000000..C999999
+            raise ValueError("customers must be between 1 and 999,999")
+        if self.events_per_day <= 0:
+            raise ValueError("events_per_day must be positive")
+
+    @property
+    def spacing_s(self) -> float:
+        return 86_400 / self.events_per_day
+
+    def describe(self) -> str:
+        return f"{self.customers:,} customers, {self.events_per_day:,.0f} events a day"
+
+
+# A live CRM feed: a million events span 20 days, and 1% of them (half a day) reaches a
+# fifth of the customers. `crm produce` and `make bench` default to it.
+FEED = Traffic(customers=50_000, events_per_day=50_000)
+# A small shop with long histories per customer (2,000 events span two days, 100k events 104
+# days), so that small runs have repeat buyers and fitted purchase models: the demo and tests.
+SMALL_SHOP = Traffic(customers=2_000, events_per_day=960)
 
 
 @dataclass(frozen=True)
@@ -150,7 +177,7 @@ def _basket(rng: random.Random, value: float) -> list[dict]:
     return [{"sku": sku, "product": name, "quantity": n, "unit_price": price} for (sku, name, price), n in units.items()]
 
 
-def population(seed: int, size: int = POPULATION) -> list[Customer]:
+def population(seed: int, size: int = SMALL_SHOP.customers) -> list[Customer]:
     """The customers behind the events, with identification and descriptive attributes, and a
     buying behaviour drawn from its own stream (so the other attributes stay as they were)."""
     rng = random.Random(f"population:{seed}")
@@ -190,6 +217,7 @@ class EventStream:
     topics: dict[str, str]  # source -> topic
     bad_fraction: float = 0.0
     mix: dict[str, float] | None = None
+    traffic: Traffic = SMALL_SHOP
     customers: list[Customer] = field(default_factory=list)
     _cum_weights: list[float] = field(default_factory=list)
     _prospects: list[str] = field(default_factory=list)  # their cookie ids
@@ -203,9 +231,10 @@ class EventStream:
         if unknown or sum(mix.values()) > 1.0:
             raise ValueError(f"mix must give fractions summing to at most 1 for kinds of {BAD_KINDS}")
         self._mix = list(zip(itertools.accumulate(mix.values()), mix, strict=True))
-        self.customers = self.customers or population(self.seed)
+        self.customers = self.customers or population(self.seed, self.traffic.customers)
         self._cum_weights = list(itertools.accumulate(c.activity for c in self.customers))
-        self._prospects = [uuid.UUID(int=random.Random(f"prospect:{self.seed}:{k}").getrandbits(128), version=4).hex for k in range(PROSPECTS)]
+        prospects = max(1, round(PROSPECTS_PER_CUSTOMER * len(self.customers)))
+        self._prospects = [uuid.UUID(int=random.Random(f"prospect:{self.seed}:{k}").getrandbits(128), version=4).hex for k in range(prospects)]
 
     def _rng(self, i: int) -> random.Random:
         return random.Random(f"{self.seed}:{i}")
@@ -256,7 +285,8 @@ class EventStream:
 
     def _valid_record(self, i: int, rng: random.Random, source: str | None = None) -> tuple[str, dict]:
         source = source or rng.choices(SOURCES, SOURCE_WEIGHTS)[0]
-        when = ANCHOR + timedelta(seconds=i * SPACING_S + rng.randrange(SPACING_S))
+        spacing = self.traffic.spacing_s
+        when = ANCHOR + timedelta(seconds=i * spacing + rng.randrange(max(1, round(spacing))))
         customer = self._customer(rng, when, buying=source == "transaction")
         record = {
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
@@ -270,8 +300,8 @@ class EventStream:
 
     def _customer(self, rng: random.Random, when: datetime, buying: bool) -> Customer:
         """A customer by activity; an order of one who has left goes to another customer. The
-        base is not renewed: after three lifetimes (1M events span 2.8 years) about 5% still
-        buy, so orders concentrate on them; the last of 100 draws is kept regardless."""
+        base is not renewed: after three lifetimes (1M events of the small shop span 2.8 years)
+        about 5% still buy, so orders concentrate on them; the last of 100 draws is kept regardless."""
         for _ in range(100):
             customer = rng.choices(self.customers, cum_weights=self._cum_weights)[0]
             if not buying or when < customer.leaves_at:
@@ -371,6 +401,8 @@ def _produce_slice(kafka: KafkaSettings, stream: EventStream, indices: range, ra
     import logging
 
     from kafka import KafkaProducer
+
+    from pipelines.connection import connect
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
     producer = connect(

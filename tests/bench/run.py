@@ -66,7 +66,7 @@ from pipelines.crom.logs import LogTemplates
 from pipelines.crom.text import score_texts
 from pipelines.directives import Datafy, load_directives
 from pipelines.erasure import forget
-from pipelines.generator import EventStream, produce
+from pipelines.generator import SMALL_SHOP, EventStream, produce
 from pipelines.spark import get_spark
 from pipelines.tables import CromTables, silver_table
 from pipelines.topics import ensure_topics
@@ -75,6 +75,9 @@ from tests.eval.run import loghub_samples
 
 RESULTS = REPO_ROOT / "bench-results.json"
 LATENCY_SECONDS = 60
+# The generator's scale. The small shop: CROM's watermark judges a batch against its own newest
+# event, so the shipped delay must cover a 50k-record batch's span of event time (52 days here).
+TRAFFIC = SMALL_SHOP
 PARTS = ("functional", "erasure", "log_templates", "sentiment", "restart", "cluster", "latency", "small_batches")
 SMALL_BATCHES, SMALL_BATCH_RECORDS, SMALL_BATCH_WARM_UP = 16, 500, 3
 KAFKA_ROW = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
@@ -410,7 +413,9 @@ def main() -> None:
     broker.start(base, port=port, controller_port=_free_port(), data_dir=work / "broker")
     try:
         ensure_topics(profile.kafka, sources)
-        stream = EventStream(seed=42, topics={n: s.topic for n, s in sources.items()}, bad_fraction=args.bad_fraction)
+        stream = EventStream(seed=42, topics={n: s.topic for n, s in sources.items()}, bad_fraction=args.bad_fraction, traffic=TRAFFIC)
+        print(f"generator: {TRAFFIC.describe()}", flush=True)
+        results |= {"generator_customers": TRAFFIC.customers, "generator_events_per_day": TRAFFIC.events_per_day}
         spark = get_spark(profile, "crm-bench")
         spark.sparkContext.setLogLevel("ERROR")
         variants = tuple(

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pipelines.generator import BAD_KINDS, EventStream, population
+from pipelines.generator import BAD_KINDS, SMALL_SHOP, EventStream, Traffic, population
 
 REPO = Path(__file__).resolve().parents[2]
 TOPICS = {s: f"crm.{s}" for s in ("web", "social", "log", "transaction")}
@@ -88,3 +88,23 @@ def test_customers_stop_ordering_when_they_leave_and_spend_around_their_own_mean
     low, high = ({c.customer_id for c in part} for part in (by_mean[:500], by_mean[-500:]))
     mean = lambda ids: sum(subtotal[o["order_id"]] for o in orders if o["customer_id"] in ids) / sum(o["customer_id"] in ids for o in orders)  # noqa: E731
     assert mean(high) > 2 * mean(low)
+
+
+def test_traffic_sets_the_customers_and_how_fast_event_time_advances():
+    feed = Traffic(customers=500, events_per_day=10_000)
+    stream = EventStream(5, TOPICS, traffic=feed)
+    records = [json.loads(e.value) for e in stream.events(0, 20_000)]
+    times = sorted(datetime.fromisoformat(r["event_time"]) for r in records)
+    assert abs((times[-1] - times[0]).total_seconds() / 86_400 - 2.0) < 0.01  # 20,000 events at 10,000 a day
+    ids = {r["customer_id"] for r in records if r.get("customer_id")}
+    assert len(stream.customers) == 500 and 400 < len(ids) <= 500 and max(ids) == "C000499"
+    # The default is the small shop: its 2,000 customers' 960 events a day.
+    small = EventStream(5, TOPICS)
+    times = [datetime.fromisoformat(json.loads(e.value)["event_time"]) for e in small.events(0, 9_600)]
+    assert len(small.customers) == SMALL_SHOP.customers and abs((max(times) - min(times)).total_seconds() / 86_400 - 10.0) < 0.01
+
+
+@pytest.mark.parametrize("customers, per_day", [(0, 100.0), (1_000_000, 100.0), (10, 0.0), (10, -5.0)])
+def test_a_traffic_out_of_range_is_refused(customers, per_day):
+    with pytest.raises(ValueError):
+        Traffic(customers, per_day)
