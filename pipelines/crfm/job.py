@@ -201,22 +201,23 @@ class CurrentRecord:
 
     def unchanged(self, silver: dict[str, str]) -> FunctionalRun | None:
         """The last run, when silver has no new version, the directive is the same and every
-        table is still there; else None. Reads the Delta logs with delta-rs: no Spark job."""
+        table is still there; else None (the run then checks everything with Spark)."""
         try:
             saved = json.loads(self.path.read_text())
-            versions = {s: deltalake.DeltaTable(p).version() for s, p in silver.items()}
-        except (OSError, ValueError, deltalake.exceptions.TableNotFoundError):
-            return None
-        if saved["fingerprint"] != self.fingerprint or saved["silver_versions"] != versions:
-            return None
-        if not all(Path(table, "_delta_log").is_dir() for table in saved["tables"]):
-            return None
-        run = saved["run"]
-        return FunctionalRun(**{**run, "new_events": 0, "rebuilt_partials": False, "skipped": True})
+            if saved["fingerprint"] != self.fingerprint or saved["silver_versions"] != _versions(silver):
+                return None
+            if not all(Path(table, "_delta_log").is_dir() for table in saved["tables"]):
+                return None
+            return FunctionalRun(**{**saved["run"], "new_events": 0, "rebuilt_partials": False, "skipped": True})
+        except (OSError, ValueError, KeyError, TypeError, deltalake.exceptions.DeltaError):
+            return None  # no record yet, one from another release, or a table delta-rs cannot open
 
     def save(self, silver: dict[str, str], run: FunctionalRun, tables: list[str]) -> None:
         """Record a finished run; written to a temporary file and renamed, so never half-written."""
-        versions = {s: deltalake.DeltaTable(p).version() for s, p in silver.items()}
+        try:
+            versions = _versions(silver)
+        except deltalake.exceptions.DeltaError:
+            return
         if sum(versions.values()) != run.source_version:
             return  # silver moved during the run (ingest runs beside it): the next run checks again
         saved = {"fingerprint": self.fingerprint, "silver_versions": versions, "tables": tables, "run": asdict(run)}
@@ -224,6 +225,11 @@ class CurrentRecord:
         partial = self.path.with_suffix(".tmp")
         partial.write_text(json.dumps(saved, indent=1))
         os.replace(partial, self.path)
+
+
+def _versions(tables: dict[str, str]) -> dict[str, int]:
+    """Each table's latest Delta version, read from its log by delta-rs: no Spark job."""
+    return {name: deltalake.DeltaTable(path).version() for name, path in tables.items()}
 
 
 def _directive_version(spark: SparkSession, table: str) -> int | None:
