@@ -88,7 +88,7 @@ def cmd_broker(args, profile: Profile) -> int:
     return 0
 
 
-def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction: float, rate: float | None, start: str, traffic):
+def _produce(profile: Profile, directives, events: int, seed: int, bad_fraction: float, rate: float | None, start: str, traffic: Traffic):
     from pipelines.generator import EventStream, produce
     from pipelines.topics import end_offsets_total, ensure_topics
 

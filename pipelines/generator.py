@@ -117,8 +117,8 @@ class Traffic:
         return f"{self.customers:,} customers, {self.events_per_day:,.0f} events a day"
 
 
-# A live CRM feed: a million events span 20 days, and 1% of them (half a day) reaches a
-# fifth of the customers. `crm produce` and `make bench` default to it.
+# A live CRM feed: a million events span 20 days, and 1% of them (half a day) names about 8%
+# of the customers (3,853 for seed 42). `crm produce` defaults to it.
 FEED = Traffic(customers=50_000, events_per_day=50_000)
 # A small shop with long histories per customer (2,000 events span two days, 100k events 104
 # days), so that small runs have repeat buyers and fitted purchase models: the demo and tests.
