@@ -207,6 +207,8 @@ def _functional(spark, profile: Profile, directives, full: bool = False) -> None
             state = f"partials rebuilt from silver, {run.new_events:,} events read"
         elif run.new_events:
             state = f"updated with {run.new_events:,} new silver events"
+            if (recomputed := run.recomputed.get("")) is not None:  # the others' rows were shifted, not recomputed
+                state += f", {recomputed:,} recomputed"
         else:
             state = f"recomputed for version {functional.directive.version} of the directive"
         print(f"functional {functional.directive.id}: {run.customers:,} customers ({state}) -> {run.table}")

@@ -27,17 +27,32 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from functools import cache
+from datetime import date
+from functools import cache, cached_property
 from pathlib import Path
 
 import deltalake
 from delta.tables import DeltaTable
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Profile
+from pipelines.crfm import rollup
 from pipelines.crfm.incremental import Fold, update_partials
-from pipelines.crfm.parameters import as_of_time, check_plan, customer_parameters, earlier_labels, feeds, joined, parameter_variants, source_parts
+from pipelines.crfm.parameters import (
+    VARIANT,
+    Feed,
+    as_of_day,
+    check_plan,
+    customer_parameters,
+    earlier_labels,
+    end_of,
+    feeds,
+    joined,
+    parameter_variants,
+    source_parts,
+)
+from pipelines.crfm.rollup import PartialsState
 from pipelines.crfm.segments import check_scores, scores, segments
 from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded, Validity
 from pipelines.lakehouse import overwrite_unless_current, table_version
@@ -57,8 +72,10 @@ class FunctionalRun:
     skipped: bool
     phases: dict[str, float]  # seconds per step
     breakdowns: dict[str, str]  # breakdown name -> its table
+    recomputed: dict[str, int | None]  # per part ("" or a breakdown): keys recomputed, None when computed whole
 
 
+LINEAGE = ("as_of", "directive_id", "directive_version", "computed_at", "source_version")  # columns every table ends with
 STREAMS_AT_ONCE = 4  # partials updates run together: a small one is mostly job start-up and commits
 STEPS_AT_ONCE = 3  # tables built together after the customer parameters
 
@@ -102,58 +119,85 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     with timed(phases, "partials"), ThreadPoolExecutor(min(len(sources), STREAMS_AT_ONCE), thread_name_prefix="crfm-partials") as pool:
         runs = list(pool.map(partials, sources))
     rebuilt_partials = any(run.rebuilt for run in runs)
-    daily = {part: {name: spark.read.format("delta").load(partials_table(part, name)) for name in named} for part, named in fed.items()}
+    log.info("CRFM %s: partials of %s (%.1fs)", directive.id, ", ".join(sources), phases["partials"])
+    tables = {part: {name: partials_table(part, name) for name in named} for part, named in fed.items()}
+    daily = {part: {name: spark.read.format("delta").load(path) for name, path in named.items()} for part, named in tables.items()}
     out = functional_table(profile, directive.id)
+    with timed(phases, "as_of"):
+        as_of_day_ = as_of_day(directive, daily[""])  # the breakdowns share the customers' as_of
+    as_of = end_of(as_of_day_)
+    earlier = earlier_labels(validity.windows) if validity else {}  # the earlier windows' variants, in the same pass
+    # Each part's tables follow new data (rollup.py) when the last run's record says what they
+    # were computed from; else they are computed whole.
+    previous = None if full or rebuilt_partials else record.rolled_up()
+    keyed = {"": [out] + ([functional_table(profile, directive.id, "variants")] if validity else [])}
+    keyed |= {b.name: [functional_table(profile, directive.id, b.name)] for b in directive.breakdowns}
+    with timed(phases, "changes"):
+        changes = {
+            part: _changes(spark, previous, tables[part], keyed[part], measured[part], fed[part], [0, *earlier.values()] if part == "" else [0], as_of_day_)
+            for part in measured
+        }  # fmt: skip
+    used = {part: daily[part] if changes[part] is None else rollup.of_keys(daily[part], changes[part].keys, measured[part].grain) for part in measured}
 
-    @cache
-    def as_of():  # a job over the customer partials, run only when something is rebuilt; breakdowns share it
-        return as_of_time(directive, daily[""])
-
-    def lineage():
-        return [
-            as_of().alias("as_of"),
+    def lineage(frame: DataFrame) -> DataFrame:
+        return frame.select(
+            "*",
+            as_of.alias("as_of"),
             F.lit(directive.id).alias("directive_id"),
             F.lit(directive.version).alias("directive_version"),
             F.current_timestamp().alias("computed_at"),
-        ]
+            F.lit(source_version).cast("long").alias("source_version"),
+        )
+
+    def refresh(path: str, part: str, keys: list[str], build, rescore=lambda frame: frame) -> bool:
+        """Write a table of `part`: whole, or its changed keys MERGEd; True if anything was written."""
+        change = changes[part]
+        if change is None:
+            lineage(build()).write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+            return True
+        grain = measured[part].grain
+        rows = lineage(build())
+        if change.days:  # as_of moved: every other row's measures counted from as_of move with it
+            old = spark.read.format("delta").load(path).drop(*LINEAGE)
+            rows = rows.unionByName(lineage(rollup.shifted(old, change.keys, grain, change.days, _from_as_of(measured[part]), rescore)))
+        elif change.keys.isEmpty():
+            return False
+        rollup.merge(spark, path, rows, keys)
+        return True
 
     @cache
     def parts():  # cached: the parameters and most variants are joins of the same parts
-        earlier = earlier_labels(validity.windows) if validity else None  # the earlier windows' variants, in the same pass
-        return {s: part.persist() for s, part in source_parts(daily[""], directive, as_of(), earlier=earlier).items()}
+        return {s: part.persist() for s, part in source_parts(used[""], directive, as_of, earlier=earlier).items()}
 
-    def parameters():
-        return joined(parts(), directive).select("*", *lineage())
-
-    # Another version of the directive may score, segment or re-measure differently on the same data.
-    changed = DeltaTable.isDeltaTable(spark, out) and _directive_version(spark, out) != directive.version
-    log.info("CRFM %s: partials of %s (%.1fs)", directive.id, ", ".join(sources), phases["partials"])
     with timed(phases, "roll-up"):
-        rebuilt = overwrite_unless_current(spark, out, source_version, parameters, force=rebuilt_partials or changed)
-    log.info("CRFM %s: customer parameters %s (%.1fs)", directive.id, "rolled up" if rebuilt else "up to date", phases["roll-up"])
+        rebuilt = refresh(out, "", [directive.grain], lambda: joined(parts(), directive))
+    log.info("CRFM %s: customer parameters %s (%.1fs)", directive.id, _how(changes[""], rebuilt), phases["roll-up"])
     # Built from the parameters table or the partials, the other tables are independent of each other.
     steps = {}
     if validity is not None:
-
-        def variants():
-            return parameter_variants(daily[""], directive, as_of(), validity.windows, parts()).select("*", *lineage())
-
-        steps["variants"] = lambda: overwrite_unless_current(spark, functional_table(profile, directive.id, "variants"), source_version, variants, force=rebuilt)
+        steps["variants"] = lambda: refresh(
+            functional_table(profile, directive.id, "variants"), "", [directive.grain, VARIANT],
+            lambda: parameter_variants(used[""], directive, as_of, validity.windows, parts()),
+        )  # fmt: skip
     if directive.segmentation is not None:
 
         def customer_segments():
             return segments(spark.read.format("delta").load(out), directive.segmentation, directive.grain)
 
-        steps["segments"] = lambda: overwrite_unless_current(spark, functional_table(profile, directive.id, "segments"), source_version, customer_segments, force=rebuilt)
+        segments_path = functional_table(profile, directive.id, "segments")
+        steps["segments"] = lambda: overwrite_unless_current(spark, segments_path, source_version, customer_segments, force=rebuilt)
     breakdowns = {}
     for b in directive.breakdowns:
         breakdowns[b.name] = functional_table(profile, directive.id, b.name)
+        each = measured[b.name]
 
-        def per_grain(each=measured[b.name], partials=daily[b.name]):
-            measures = customer_parameters(partials, each, as_of())
-            return (scores(measures, each.segmentation) if each.segmentation else measures).select("*", *lineage())
+        def rescore(frame, each=each):
+            return scores(frame.drop(*[s.name for s in each.segmentation.scores]), each.segmentation) if each.segmentation else frame
 
-        steps[b.name] = lambda path=breakdowns[b.name], build=per_grain: overwrite_unless_current(spark, path, source_version, build, force=rebuilt)
+        def per_grain(each=each, name=b.name, rescore=rescore):
+            return rescore(customer_parameters(used[name], each, as_of))
+
+        steps[b.name] = lambda path=breakdowns[b.name], name=b.name, build=per_grain, rescore=rescore: refresh(path, name, [measured[name].grain], build, rescore)
 
     def step(name: str) -> None:
         with timed(phases, name):
@@ -166,12 +210,16 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     if parts.cache_info().currsize:
         for part in parts().values():
             part.unpersist()
+    recomputed = {part: None if change is None else change.recomputed for part, change in changes.items()}
+    for change in changes.values():
+        if change is not None:
+            change.keys.unpersist()
     customers = spark.read.format("delta").load(out).count()
     new_events = sum(run.new_events for run in runs)
-    if rebuilt:
-        log.debug("functional %s: %d customers from silver version %d, %d new events (%s)", directive.id, customers, source_version, new_events, describe(phases))
-    run = FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns)
-    record.save(paths, run, [out, *(functional_table(profile, directive.id, step) for step in steps if step not in breakdowns), *breakdowns.values()])
+    log.debug("functional %s: %d customers from silver version %d, %d new events (%s)", directive.id, customers, source_version, new_events, describe(phases))
+    run = FunctionalRun(out, customers, source_version, new_events, rebuilt_partials, not rebuilt, phases, breakdowns, recomputed)
+    kept = [out, *(functional_table(profile, directive.id, step) for step in steps if step not in breakdowns), *breakdowns.values()]
+    record.save(paths, run, kept, RolledUp.now(as_of_day_, [p for named in tables.values() for p in named.values()], kept))
     return run
 
 
@@ -185,6 +233,57 @@ def partials_path(profile: Profile, directive_id: str, part: str, name: str) -> 
     return functional_table(profile, directive_id, f"{part}_partials_{name}" if part else f"partials_{name}")
 
 
+@dataclass(frozen=True)
+class Change:
+    """What a part's tables need since the last run: the keys to recompute (rollup.py), and how
+    many days as_of moved (every other key's measures counted from as_of move as many)."""
+
+    keys: DataFrame
+    days: int
+
+    @cached_property
+    def recomputed(self) -> int:
+        return self.keys.count()
+
+
+def _changes(
+    spark: SparkSession,
+    previous: RolledUp | None,
+    partials: dict[str, str],
+    tables: list[str],
+    measured: FunctionalDirective,
+    fed: dict[str, Feed],
+    offsets: list[int],
+    as_of: date | None,
+) -> Change | None:
+    """The change to apply to a part's tables, or None when they must be computed whole."""
+    if previous is None or as_of is None or previous.as_of is None:
+        return None
+    if any(feed.grain != measured.grain for feed in fed.values()):
+        return None  # attributed: a key's rows are built from other keys' partials
+    if any(_delta_version(t) != previous.tables.get(t) for t in tables):
+        return None  # written since the record (a run stopped half-way), or gone
+    keys = rollup.changed_keys(spark, partials, previous.partials, measured.grain, measured.parameters, offsets, previous.as_of, as_of)
+    return None if keys is None else Change(keys.persist(), (as_of - previous.as_of).days)
+
+
+def _how(change: Change | None, written: bool) -> str:
+    if change is None:
+        return "computed whole"
+    return f"{change.recomputed:,} keys recomputed, as_of moved {change.days} days" if written else "up to date"
+
+
+def _from_as_of(measured: FunctionalDirective) -> list[str]:
+    return [p.name for p in measured.parameters if p.measure in rollup.FROM_AS_OF]
+
+
+def _delta_version(path: str) -> int | None:
+    try:
+        return deltalake.DeltaTable(path).version()
+    except deltalake.exceptions.DeltaError:  # TableNotFoundError among them
+        return None
+
+
 def _fingerprint(directive: FunctionalDirective, validity: Validity | None) -> str:
     """Changes whenever the tables would be computed differently from the same silver data."""
     spec = [directive.model_dump(mode="json"), validity.model_dump(mode="json") if validity else None]
@@ -192,35 +291,75 @@ def _fingerprint(directive: FunctionalDirective, validity: Validity | None) -> s
 
 
 @dataclass(frozen=True)
+class RolledUp:
+    """What the functional tables were computed from: the as_of day, each partials table's
+    state, and each table's Delta version once written."""
+
+    as_of: date | None
+    partials: dict[str, PartialsState]
+    tables: dict[str, int]
+
+    @classmethod
+    def now(cls, as_of: date | None, partials: list[str], tables: list[str]) -> RolledUp:
+        return cls(as_of, {p: PartialsState.of(p) for p in partials}, {t: deltalake.DeltaTable(t).version() for t in tables})
+
+    def to_json(self) -> dict:
+        return {"as_of": self.as_of and self.as_of.isoformat(), "partials": {p: asdict(s) for p, s in self.partials.items()}, "tables": self.tables}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> RolledUp:
+        as_of = date.fromisoformat(saved["as_of"]) if saved["as_of"] else None
+        return cls(as_of, {p: PartialsState(**s) for p, s in saved["partials"].items()}, saved["tables"])
+
+
+@dataclass(frozen=True)
 class CurrentRecord:
-    """What the last finished run was computed from: silver's versions and the directive's
-    fingerprint, with the run it returned and the tables it keeps."""
+    """What the last finished run was computed from: silver's versions, the directive's
+    fingerprint and the partials (RolledUp), with the run it returned and the tables it keeps."""
 
     path: Path
     fingerprint: str
+
+    def _saved(self) -> dict | None:
+        try:
+            saved = json.loads(self.path.read_text())
+            return saved if saved["fingerprint"] == self.fingerprint else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # no record yet, or one from another release
 
     def unchanged(self, silver: dict[str, str]) -> FunctionalRun | None:
         """The last run, when silver has no new version, the directive is the same and every
         table is still there; else None (the run then checks everything with Spark)."""
         try:
-            saved = json.loads(self.path.read_text())
-            if saved["fingerprint"] != self.fingerprint or saved["silver_versions"] != _versions(silver):
+            saved = self._saved()
+            if saved is None or saved["silver_versions"] != _versions(silver):
                 return None
             if not all(Path(table, "_delta_log").is_dir() for table in saved["tables"]):
                 return None
-            return FunctionalRun(**{**saved["run"], "new_events": 0, "rebuilt_partials": False, "skipped": True})
-        except (OSError, ValueError, KeyError, TypeError, deltalake.exceptions.DeltaError):
-            return None  # no record yet, one from another release, or a table delta-rs cannot open
+            run = saved["run"]
+            return FunctionalRun(**{**run, "new_events": 0, "rebuilt_partials": False, "skipped": True, "recomputed": dict.fromkeys(run["recomputed"], 0)})
+        except (KeyError, TypeError, deltalake.exceptions.DeltaError):
+            return None  # a record from another release, or a table delta-rs cannot open
 
-    def save(self, silver: dict[str, str], run: FunctionalRun, tables: list[str]) -> None:
-        """Record a finished run; written to a temporary file and renamed, so never half-written."""
+    def rolled_up(self) -> RolledUp | None:
+        """What the last run's tables were computed from, for the same directive; else None."""
+        try:
+            saved = self._saved()
+            return RolledUp.from_json(saved["rolled_up"]) if saved is not None else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def save(self, silver: dict[str, str], run: FunctionalRun, tables: list[str], rolled_up: RolledUp) -> None:
+        """Record a finished run; written to a temporary file and renamed, so never half-written.
+        When silver moved during the run (ingest runs beside it), its versions are not recorded:
+        the next run checks again."""
         try:
             versions = _versions(silver)
         except deltalake.exceptions.DeltaError:
-            return
-        if sum(versions.values()) != run.source_version:
-            return  # silver moved during the run (ingest runs beside it): the next run checks again
-        saved = {"fingerprint": self.fingerprint, "silver_versions": versions, "tables": tables, "run": asdict(run)}
+            versions = None
+        if versions is not None and sum(versions.values()) != run.source_version:
+            versions = None
+        saved = {"fingerprint": self.fingerprint, "silver_versions": versions, "tables": tables, "run": asdict(run), "rolled_up": rolled_up.to_json()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".tmp")
         partial.write_text(json.dumps(saved, indent=1))
@@ -230,7 +369,3 @@ class CurrentRecord:
 def _versions(tables: dict[str, str]) -> dict[str, int]:
     """Each table's latest Delta version, read from its log by delta-rs: no Spark job."""
     return {name: deltalake.DeltaTable(path).version() for name, path in tables.items()}
-
-
-def _directive_version(spark: SparkSession, table: str) -> int | None:
-    return spark.read.format("delta").load(table).agg(F.max("directive_version")).first()[0]

@@ -25,7 +25,7 @@ the silver schemas by building a plan on an empty DataFrame, which runs no job.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import date, datetime, time
 from functools import reduce
 
 from pyspark.errors import AnalysisException, ParseException
@@ -312,16 +312,24 @@ def check_plan(spark: SparkSession, directive: FunctionalDirective, schemas: dic
     raise CrmError(f"{where}: parameters: {analysis_error(error)}") from error
 
 
-def as_of_time(directive: FunctionalDirective, daily: dict[str, DataFrame]) -> Column:
-    """The instant windows count back from: the end of the directive's as_of day, else the
-    end of the newest day with an event the directive reads (in its trust choice)."""
-    day = directive.as_of
-    if day is None:
-        days = [_trust(frame, directive.include_untrusted).select(DAY) for frame in daily.values()]
-        day = reduce(DataFrame.unionByName, days).agg(F.max(DAY)).first()[0]
+def as_of_day(directive: FunctionalDirective, daily: dict[str, DataFrame]) -> date | None:
+    """The day windows count back from: the directive's as_of, else the newest day with an
+    event the directive reads (in its trust choice); None without events."""
+    if directive.as_of is not None:
+        return directive.as_of
+    days = [_trust(frame, directive.include_untrusted).select(DAY) for frame in daily.values()]
+    return reduce(DataFrame.unionByName, days).agg(F.max(DAY)).first()[0]
+
+
+def end_of(day: date | None) -> Column:
+    """The instant windows count back from: the end of the as_of day."""
     if day is None:
         return F.lit(None).cast("timestamp")
     return F.lit(datetime.combine(day, time.max)).cast("timestamp")
+
+
+def as_of_time(directive: FunctionalDirective, daily: dict[str, DataFrame]) -> Column:
+    return end_of(as_of_day(directive, daily))
 
 
 def parameter_variants(

@@ -66,7 +66,7 @@ from pipelines.crom.logs import LogTemplates
 from pipelines.crom.text import score_texts
 from pipelines.directives import Datafy, load_directives
 from pipelines.erasure import forget
-from pipelines.generator import SMALL_SHOP, EventStream, produce
+from pipelines.generator import FEED, EventStream, produce
 from pipelines.spark import get_spark
 from pipelines.tables import CromTables, silver_table
 from pipelines.topics import ensure_topics
@@ -77,7 +77,7 @@ RESULTS = REPO_ROOT / "bench-results.json"
 LATENCY_SECONDS = 60
 # The generator's scale. The small shop: CROM's watermark judges a batch against its own newest
 # event, so the shipped delay must cover a 50k-record batch's span of event time (52 days here).
-TRAFFIC = SMALL_SHOP
+TRAFFIC = FEED
 PARTS = ("functional", "erasure", "log_templates", "sentiment", "restart", "cluster", "latency", "small_batches")
 SMALL_BATCHES, SMALL_BATCH_RECORDS, SMALL_BATCH_WARM_UP = 16, 500, 3
 KAFKA_ROW = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
@@ -285,28 +285,39 @@ def latencies(spark, profile, stream: EventStream, first: int, results: dict, di
     return out
 
 
+GROWTH_HISTORY = 0.2  # of the events: the smaller history incremental_growth compares against
+
+
 def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     """CRFM over 99% of a CROM run's silver events, then timed over the newest 1% added
     (incremental), with nothing new (fixed) and over all of it again (`full`, partials
-    recomputed)."""
+    recomputed); then the same newest 1% added to the GROWTH_HISTORY of events before them
+    (incremental_growth)."""
     functional = directives.only("functional")
-    profile = crom_run.model_copy(update={"lakehouse": work / "lakehouse", "checkpoints": work / "checkpoints"})
     sources = sorted({p.source for p in functional.directive.parameters})
     silver = {s: spark.read.format("delta").load(silver_table(crom_run, s)) for s in sources}
     times = reduce(DataFrame.unionByName, [df.select("event_time") for df in silver.values()])
-    cut = times.agg(F.percentile_approx("event_time", 0.99)).first()[0]
+    cut, growth_cut = times.agg(F.percentile_approx("event_time", [0.99, 0.99 - GROWTH_HISTORY])).first()[0]
     newest = {s: df.where(F.col("event_time") > F.lit(cut)) for s, df in silver.items()}
-    for s, df in silver.items():
-        df.where(~(F.col("event_time") > F.lit(cut)) | F.col("event_time").isNull()).write.format("delta").save(silver_table(profile, s))
-    run_functional(spark, profile, directives, functional)
-    for s, df in newest.items():
-        df.write.format("delta").mode("append").save(silver_table(profile, s))
     added = sum(df.count() for df in newest.values())
-    started = time.monotonic()
-    incremental = run_functional(spark, profile, directives, functional)
-    incremental_s = time.monotonic() - started
-    if incremental.new_events != added or incremental.rebuilt_partials:
-        raise RuntimeError(f"the incremental run did not fold exactly the {added:,} new events: {incremental}")
+
+    def incremental(history: dict[str, DataFrame], folder: Path):
+        """A lakehouse of `history`, rolled up; then the newest events added and rolled up, timed."""
+        profile = crom_run.model_copy(update={"lakehouse": folder / "lakehouse", "checkpoints": folder / "checkpoints"})
+        for s, df in history.items():
+            df.write.format("delta").save(silver_table(profile, s))
+        run_functional(spark, profile, directives, functional)
+        for s, df in newest.items():
+            df.write.format("delta").mode("append").save(silver_table(profile, s))
+        started = time.monotonic()
+        run = run_functional(spark, profile, directives, functional)
+        seconds = time.monotonic() - started
+        if run.new_events != added or run.rebuilt_partials:
+            raise RuntimeError(f"the incremental run did not fold exactly the {added:,} new events: {run}")
+        return profile, run, seconds
+
+    before = F.col("event_time").isNull() | ~(F.col("event_time") > F.lit(cut))
+    profile, run, incremental_s = incremental({s: df.where(before) for s, df in silver.items()}, work)
     started = time.monotonic()
     unchanged = run_functional(spark, profile, directives, functional)  # silver has no new version
     fixed_s = time.monotonic() - started
@@ -315,8 +326,10 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     started = time.monotonic()
     recomputed = run_functional(spark, profile, directives, functional, full=True)
     full_s = time.monotonic() - started
+    recent = before & (F.col("event_time") > F.lit(growth_cut))
+    _, _, smaller_s = incremental({s: df.where(recent) for s, df in silver.items()}, work / "growth")
     total = sum(df.count() for df in silver.values())
-    steps = {f"functional_{mode}_phase_s.{step}": s for mode, run in (("incremental", incremental), ("full", recomputed)) for step, s in run.phases.items()}
+    steps = {f"functional_{mode}_phase_s.{step}": s for mode, each in (("incremental", run), ("full", recomputed)) for step, s in each.phases.items()}
     return {
         "functional_incremental_s": incremental_s,
         "functional_full_s": full_s,
@@ -324,6 +337,10 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
         "functional_fixed_s": fixed_s,
         "functional_new_events": added,
         "functional_events": total,
+        "functional_recomputed_customers": run.recomputed[""] if run.recomputed[""] is not None else run.customers,
+        "functional_customers": run.customers,
+        "functional_incremental_small_history_s": smaller_s,
+        "incremental_growth": incremental_s / smaller_s,
         **steps,
     }
 
