@@ -243,9 +243,18 @@ class Score(_Strict):
     expression: str
 
 
+class Refit(_Strict):
+    """When CRFM fits the segmentation again (RFM edges, k-means); between fits it scores new
+    and changed customers with the saved fit."""
+
+    every_days: int = Field(default=7, ge=1, description="Days of as_of after which the fit is due again.")
+    drift: float = Field(default=0.25, gt=0, description="A fit is also due when a parameter's mean moved more than this many of its standard deviations at the fit.")
+
+
 class Segmentation(_Strict):
     rfm: RfmScores | None = None
     clustering: Clustering | None = None
+    refit: Refit = Refit()
     scores: list[Score] = Field(default=[], description="Analysed against the parameters by `crm directives check` and when CRFM starts.")
 
     def parameters(self) -> list[str]:

@@ -53,9 +53,9 @@ from pipelines.crfm.parameters import (
     source_parts,
 )
 from pipelines.crfm.rollup import PartialsState
-from pipelines.crfm.segments import check_scores, scores, segments
+from pipelines.crfm.segments import SavedFit, apply, check_scores, feature_stats, fit, refit_reason, scores
 from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded, Validity
-from pipelines.lakehouse import overwrite_unless_current, table_version
+from pipelines.lakehouse import table_version
 from pipelines.tables import functional_table, silver_table
 from pipelines.timing import describe, timed
 
@@ -91,7 +91,8 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     paths = {s: silver_table(profile, s) for s in sources}
     # The validity checks of the strategic directive this one serves re-measure the parameters.
     validity = directives.strategic[directive.serves].directive.validity if directive.serves in directives.strategic else None
-    record = CurrentRecord(profile.checkpoints / "crfm" / directive.id / "current.json", _fingerprint(directive, validity))
+    state = profile.checkpoints / "crfm" / directive.id  # the partials' checkpoints and what the last run recorded
+    record = CurrentRecord(state / "current.json", _fingerprint(directive, validity))
     if not full and (done := record.unchanged(paths)) is not None:
         log.info("CRFM %s: up to date, silver has no new version", directive.id)
         return replace(done, phases={"check": time.monotonic() - started})
@@ -114,7 +115,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
             Fold(partials_table(part, name), feed.params, feed.grain)
             for part, named in fed.items() for name, feed in named.items() if feed.source == source
         ]  # fmt: skip
-        return update_partials(spark, paths[source], folds, profile.checkpoints / "crfm" / directive.id / f"silver_{source}", full)
+        return update_partials(spark, paths[source], folds, state / f"silver_{source}", full)
 
     with timed(phases, "partials"), ThreadPoolExecutor(min(len(sources), STREAMS_AT_ONCE), thread_name_prefix="crfm-partials") as pool:
         runs = list(pool.map(partials, sources))
@@ -130,7 +131,8 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     # Each part's tables follow new data (rollup.py) when the last run's record says what they
     # were computed from; else they are computed whole.
     previous = None if full or rebuilt_partials else record.rolled_up()
-    keyed = {"": [out] + ([functional_table(profile, directive.id, "variants")] if validity else [])}
+    segments_path = functional_table(profile, directive.id, "segments")
+    keyed = {"": [out] + ([functional_table(profile, directive.id, "variants")] if validity else []) + ([segments_path] if directive.segmentation else [])}
     keyed |= {b.name: [functional_table(profile, directive.id, b.name)] for b in directive.breakdowns}
     with timed(phases, "changes"):
         changes = {
@@ -180,12 +182,8 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
             lambda: parameter_variants(used[""], directive, as_of, validity.windows, parts()),
         )  # fmt: skip
     if directive.segmentation is not None:
-
-        def customer_segments():
-            return segments(spark.read.format("delta").load(out), directive.segmentation, directive.grain)
-
-        segments_path = functional_table(profile, directive.id, "segments")
-        steps["segments"] = lambda: overwrite_unless_current(spark, segments_path, source_version, customer_segments, force=rebuilt)
+        saved_fit = SavedFit(state / "segments_fit", record.fingerprint)
+        steps["segments"] = lambda: _segments(spark, directive, out, segments_path, saved_fit, changes[""], rebuilt, as_of_day_, source_version)
     breakdowns = {}
     for b in directive.breakdowns:
         breakdowns[b.name] = functional_table(profile, directive.id, b.name)
@@ -197,7 +195,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         def per_grain(each=each, name=b.name, rescore=rescore):
             return rescore(customer_parameters(used[name], each, as_of))
 
-        steps[b.name] = lambda path=breakdowns[b.name], name=b.name, build=per_grain, rescore=rescore: refresh(path, name, [measured[name].grain], build, rescore)
+        steps[b.name] = lambda path=breakdowns[b.name], name=b.name, build=per_grain, again=rescore: refresh(path, name, [measured[name].grain], build, again)
 
     def step(name: str) -> None:
         with timed(phases, name):
@@ -221,6 +219,40 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     kept = [out, *(functional_table(profile, directive.id, step) for step in steps if step not in breakdowns), *breakdowns.values()]
     record.save(paths, run, kept, RolledUp.now(as_of_day_, [p for named in tables.values() for p in named.values()], kept))
     return run
+
+
+def _segments(
+    spark: SparkSession,
+    directive: FunctionalDirective,
+    customers_path: str,
+    path: str,
+    saved: SavedFit,
+    change: Change | None,
+    customers_changed: bool,
+    as_of: date | None,
+    source_version: int,
+) -> None:
+    """The segments table: fitted again and written whole when the customer table was, or when
+    the saved fit is due (its `refit`); else the changed customers scored with the saved fit
+    and MERGEd (all of them when as_of moved, as recency moves everyone's scores)."""
+    segmentation, grain = directive.segmentation, directive.grain
+    customers = spark.read.format("delta").load(customers_path)
+    kept = saved.load() if change is not None else None
+    stats = feature_stats(customers, segmentation)
+    if kept is None:
+        reason = "computed whole" if change is None else "no saved fit"
+    else:
+        reason = refit_reason(segmentation.refit, kept[1], kept[2], as_of, {name: mean for name, (mean, _) in stats.items()})
+    version = F.lit(source_version).cast("long").alias("source_version")
+    if reason is not None:
+        fitted = fit(customers, segmentation)
+        if as_of is not None:
+            saved.save(fitted, as_of, stats)
+        apply(customers, segmentation, fitted, grain).select("*", version).write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+        log.info("CRFM %s: segments fitted (%s)", directive.id, reason)
+    elif customers_changed:
+        rows = customers if change.days else customers.join(F.broadcast(change.keys), grain, "left_semi")
+        rollup.merge(spark, path, apply(rows, segmentation, kept[0], grain).select("*", version), [grain])
 
 
 def measured_parts(directive: FunctionalDirective) -> dict[str, FunctionalDirective]:

@@ -114,7 +114,14 @@ def on_days(ranges: list[tuple[date, date]]) -> Column:
 
 
 def changed_keys(
-    spark: SparkSession, partials: dict[str, str], then: dict[str, PartialsState], grain: str, params: list[Parameter], offsets: list[int], before: date, after: date
+    spark: SparkSession,
+    partials: dict[str, str],
+    then: dict[str, PartialsState],
+    grain: str,
+    params: list[Parameter],
+    offsets: list[int],
+    before: date,
+    after: date,
 ) -> DataFrame | None:
     """The grain values whose rows can differ from those computed at `then` and as_of `before`;
     None when a partials table was not only appended to (the part is then recomputed whole)."""

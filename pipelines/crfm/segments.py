@@ -3,19 +3,32 @@ segments, and k-means clusters (Spark MLlib) on standardised parameters.
 
 Scores are quantile bins whose edges come from approxQuantile, so no job sorts all the
 customers through one partition; ties fall into the same bin.
+
+What a segmentation learns (the edges, the k-means pipeline) is fitted, saved and applied
+apart: CRFM scores new and changed customers with the saved fit, and fits again when the
+directive's `refit` says (after some days of as_of, or when a parameter's mean drifted).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, ParseException
-from pyspark.ml import Pipeline
+from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.crfm.parameters import analysis_error
-from pipelines.directives import Clustering, RfmScores, Segmentation
+from pipelines.directives import Clustering, Refit, RfmScores, Segmentation
 from pipelines.errors import CrmError
 
 QUANTILE_ERROR = 0.001
@@ -32,22 +45,36 @@ SEGMENTS = (
 )
 
 
-def _score(frame: DataFrame, column: str, bins: int, higher_is_better: bool) -> Column:
-    """1..bins by quantile of the non-null values; null where the value is null."""
-    edges = frame.approxQuantile(column, [i / bins for i in range(1, bins)], QUANTILE_ERROR)
+def _edges(frame: DataFrame, column: str, bins: int) -> list[float]:
+    """The quantile edges that split the non-null values into `bins` bins."""
+    return frame.approxQuantile(column, [i / bins for i in range(1, bins)], QUANTILE_ERROR)
+
+
+def _binned(column: str, edges: list[float], bins: int, higher_is_better: bool) -> Column:
+    """1..bins by the edges; null where the value is null."""
     value = F.col(column)
     below = sum((value > F.lit(edge)).cast("int") for edge in edges) + 1 if edges else F.lit(1)
     score = below if higher_is_better else F.lit(bins + 1) - below
     return F.when(value.isNotNull(), score)
 
 
-def rfm_scores(params: DataFrame, rfm: RfmScores) -> DataFrame:
-    """params plus r_score, f_score, m_score and rfm_segment ('no_purchase' without recency)."""
+RFM_SCORES = ("r_score", "f_score", "m_score")
+
+
+def rfm_edges(params: DataFrame, rfm: RfmScores) -> dict[str, list[float]]:
+    """Each RFM score's quantile edges over these customers."""
+    return {score: _edges(params, column, rfm.bins) for score, column in zip(RFM_SCORES, (rfm.recency, rfm.frequency, rfm.monetary))}
+
+
+def rfm_scores(params: DataFrame, rfm: RfmScores, edges: dict[str, list[float]] | None = None) -> DataFrame:
+    """params plus r_score, f_score, m_score and rfm_segment ('no_purchase' without recency),
+    binned by `edges` (by default, those of these customers)."""
+    edges = edges if edges is not None else rfm_edges(params, rfm)
     scored = params.select(
         "*",
-        _score(params, rfm.recency, rfm.bins, higher_is_better=False).alias("r_score"),
-        _score(params, rfm.frequency, rfm.bins, higher_is_better=True).alias("f_score"),
-        _score(params, rfm.monetary, rfm.bins, higher_is_better=True).alias("m_score"),
+        _binned(rfm.recency, edges["r_score"], rfm.bins, higher_is_better=False).alias("r_score"),
+        _binned(rfm.frequency, edges["f_score"], rfm.bins, higher_is_better=True).alias("f_score"),
+        _binned(rfm.monetary, edges["m_score"], rfm.bins, higher_is_better=True).alias("m_score"),
     )
     scale = 5.0 / rfm.bins  # the grid is written for five bins
     r, f = F.ceil(F.col("r_score") * scale), F.ceil(F.col("f_score") * scale)
@@ -57,25 +84,40 @@ def rfm_scores(params: DataFrame, rfm: RfmScores) -> DataFrame:
     return scored.withColumn("rfm_segment", segment)
 
 
-def clusters(params: DataFrame, clustering: Clustering) -> DataFrame:
-    """params plus `cluster`, from k-means on the standardised features (nulls as 0).
+def _inputs(params: DataFrame, clustering: Clustering) -> tuple[DataFrame, list[str]]:
+    """params with filled copies of the features (nulls as 0): the parameters stay as they are."""
+    inputs = [f"_in_{name}" for name in clustering.features]
+    return params.select("*", *[F.coalesce(F.col(name).cast("double"), F.lit(0.0)).alias(i) for name, i in zip(clustering.features, inputs)]), inputs
 
-    With fewer distinct customers than k, k is lowered to their number: MLlib's k-means fails
-    when it cannot find k distinct centres.
-    """
-    inputs = [f"_in_{name}" for name in clustering.features]  # filled copies: the parameters stay as they are
-    filled = params.select("*", *[F.coalesce(F.col(name).cast("double"), F.lit(0.0)).alias(i) for name, i in zip(clustering.features, inputs)])
+
+def fit_clusters(params: DataFrame, clustering: Clustering) -> PipelineModel | None:
+    """k-means on the standardised features; None when the customers hold fewer than two
+    distinct points (one cluster). With fewer distinct points than k, k is lowered to their
+    number: MLlib's k-means fails when it cannot find k distinct centres."""
+    filled, inputs = _inputs(params, clustering)
     distinct = filled.select(*inputs).distinct().limit(clustering.k).count()
     if distinct < 2:
-        return params.withColumn("cluster", F.lit(0))
-    model = Pipeline(
+        return None
+    return Pipeline(
         stages=[
             VectorAssembler(inputCols=inputs, outputCol="_features"),
             StandardScaler(inputCol="_features", outputCol="_scaled", withMean=True, withStd=True),
             KMeans(featuresCol="_scaled", predictionCol="cluster", k=min(clustering.k, distinct), seed=clustering.seed),
         ]
     ).fit(filled)
-    return model.transform(filled).drop("_features", "_scaled").select(*params.columns, "cluster")
+
+
+def apply_clusters(params: DataFrame, clustering: Clustering, model: PipelineModel | None) -> DataFrame:
+    """params plus `cluster` from a fitted model (0 for all without one)."""
+    if model is None:
+        return params.withColumn("cluster", F.lit(0))
+    filled, _ = _inputs(params, clustering)
+    return model.transform(filled).select(*params.columns, "cluster")
+
+
+def clusters(params: DataFrame, clustering: Clustering) -> DataFrame:
+    """params plus `cluster`, from k-means fitted on these customers."""
+    return apply_clusters(params, clustering, fit_clusters(params, clustering))
 
 
 def check_scores(params: DataFrame, segmentation: Segmentation, where: str, field: str = "segmentation.scores") -> None:
@@ -94,13 +136,89 @@ def scores(scored: DataFrame, segmentation: Segmentation) -> DataFrame:
     return scored.select("*", *[F.expr(s.expression).alias(s.name) for s in segmentation.scores])
 
 
-def segments(params: DataFrame, segmentation: Segmentation, grain: str) -> DataFrame:
-    """One row per customer: the RFM scores and segment, the cluster and the scores the directive asks for."""
+@dataclass(frozen=True)
+class Fitted:
+    """What a segmentation learns from the customers: the RFM scores' edges and the k-means
+    pipeline (None: one cluster)."""
+
+    edges: dict[str, list[float]]
+    clusters: PipelineModel | None
+
+
+def fit(params: DataFrame, segmentation: Segmentation) -> Fitted:
+    edges = rfm_edges(params, segmentation.rfm) if segmentation.rfm else {}
+    return Fitted(edges, fit_clusters(params, segmentation.clustering) if segmentation.clustering else None)
+
+
+def apply(params: DataFrame, segmentation: Segmentation, fitted: Fitted, grain: str) -> DataFrame:
+    """One row per customer: the RFM scores and segment, the cluster and the scores the directive
+    asks for, from a fitted segmentation (pure)."""
     out = params
     if segmentation.rfm:
-        out = rfm_scores(out, segmentation.rfm)
+        out = rfm_scores(out, segmentation.rfm, fitted.edges)
     if segmentation.clustering:
-        out = clusters(out, segmentation.clustering)
+        out = apply_clusters(out, segmentation.clustering, fitted.clusters)
     out = scores(out, segmentation)
-    added = [c for c in ("r_score", "f_score", "m_score", "rfm_segment", "cluster") if c in out.columns]
+    added = [c for c in (*RFM_SCORES, "rfm_segment", "cluster") if c in out.columns]
     return out.select(grain, *dict.fromkeys(segmentation.parameters()), *added, *[s.name for s in segmentation.scores])
+
+
+def segments(params: DataFrame, segmentation: Segmentation, grain: str) -> DataFrame:
+    """The segmentation fitted on these customers, applied to them."""
+    return apply(params, segmentation, fit(params, segmentation), grain)
+
+
+def feature_stats(params: DataFrame, segmentation: Segmentation) -> dict[str, list[float | None]]:
+    """Each segmentation parameter's mean and standard deviation over these customers (one job)."""
+    names = list(dict.fromkeys(segmentation.parameters()))
+    aggs = [agg(F.col(n).cast("double")).alias(f"{n}.{i}") for n in names for i, agg in enumerate((F.mean, F.stddev_pop))]
+    row = params.agg(*aggs).first() if aggs else None
+    return {n: [row[f"{n}.0"], row[f"{n}.1"]] for n in names} if row else {}
+
+
+def refit_reason(refit: Refit, fitted_as_of: date, fitted_stats: dict, as_of: date, means: dict[str, float | None]) -> str | None:
+    """Why a saved fit is due again, or None: as_of moved `every_days` since the fit, or a
+    parameter's mean moved more than `drift` of its standard deviation at the fit."""
+    if (as_of - fitted_as_of).days >= refit.every_days:
+        return f"fitted {(as_of - fitted_as_of).days} days of as_of ago"
+    for name, mean in means.items():
+        then, spread = fitted_stats.get(name, [None, None])
+        if (mean is None) != (then is None):
+            return f"{name} has values only on one side of the fit"
+        if mean is not None and abs(mean - then) > refit.drift * (spread or 0.0) + 1e-9:
+            return f"the mean of {name} moved from {then:.4g} to {mean:.4g}"
+    return None
+
+
+@dataclass(frozen=True)
+class SavedFit:
+    """A fitted segmentation kept between runs in `folder`: `fit.json` (the edges, the as_of it
+    was fitted on, the parameters' means and deviations then, the directive's fingerprint) and
+    the k-means pipeline that file names (saved by MLlib)."""
+
+    folder: Path
+    fingerprint: str
+
+    def load(self) -> tuple[Fitted, date, dict] | None:
+        try:
+            saved = json.loads((self.folder / "fit.json").read_text())
+            if saved["fingerprint"] != self.fingerprint:
+                return None
+            model = PipelineModel.load(str(self.folder / saved["clusters"])) if saved["clusters"] else None
+            return Fitted(saved["edges"], model), date.fromisoformat(saved["as_of"]), saved["stats"]
+        except (OSError, ValueError, KeyError, TypeError, Py4JJavaError):
+            return None  # none yet, or unreadable: the next run fits again
+
+    def save(self, fitted: Fitted, as_of: date, stats: dict) -> None:
+        """The pipeline goes to a folder of its own, then fit.json names it (replaced whole)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        clusters = f"clusters-{uuid.uuid4().hex[:12]}" if fitted.clusters is not None else None
+        if clusters:
+            fitted.clusters.write().save(str(self.folder / clusters))
+        saved = {"fingerprint": self.fingerprint, "as_of": as_of.isoformat(), "edges": fitted.edges, "stats": stats, "clusters": clusters}
+        partial = self.folder / "fit.json.tmp"
+        partial.write_text(json.dumps(saved, indent=1))
+        os.replace(partial, self.folder / "fit.json")
+        for old in self.folder.glob("clusters-*"):
+            if old.name != clusters:
+                shutil.rmtree(old, ignore_errors=True)

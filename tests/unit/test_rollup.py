@@ -3,6 +3,7 @@ for most customers, every table it MERGEs equals a full recompute."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import date, datetime, timedelta
 
@@ -13,6 +14,7 @@ from pyspark.testing import assertDataFrameEqual
 from pipelines.crfm.incremental import APP_ID, COMPACTION
 from pipelines.crfm.job import run_functional
 from pipelines.crfm.rollup import PartialsState, appends_since, moved_days
+from pipelines.crfm.segments import SavedFit, apply
 from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded, Parameter
 from pipelines.tables import functional_table, silver_table
 from tests.helpers import transaction_param
@@ -46,6 +48,13 @@ def _directive(serves: str) -> FunctionalDirective:
                 {"name": "posts_30d", **social, "measure": "count", "window_days": 30},
                 {"name": "last_post_channel", **social, "measure": "last", "column": "channel"},
             ],
+            # Never due in this test: the saved fit scores every run after the first.
+            "segmentation": {
+                "rfm": {"recency": "recency", "frequency": "n_30d", "monetary": "sum_90d", "bins": 3},
+                "clustering": {"features": ["recency", "n_30d", "posts_30d"], "k": 3},
+                "scores": [{"name": "value", "expression": "r_score + m_score"}],
+                "refit": {"every_days": 365, "drift": 100},
+            },
             "breakdowns": [
                 {
                     "name": "by_channel",
@@ -87,11 +96,25 @@ def _tables(spark, profile, directive) -> dict[str, list]:
     return {name: spark.read.format("delta").load(name).drop("computed_at").collect() for name in names}
 
 
-def _assert_equals_a_full_recompute(spark, profile, directives, functional) -> None:
+def _assert_segments_apply_the_saved_fit(spark, profile, directive) -> date:
+    """The segments table is the saved fit applied to every customer; returns the fit's as_of."""
+    folder = profile.checkpoints / "crfm" / directive.id / "segments_fit"
+    fitted, fitted_as_of, _ = SavedFit(folder, json.loads((folder / "fit.json").read_text())["fingerprint"]).load()
+    customers = spark.read.format("delta").load(functional_table(profile, directive.id))
+    expected = apply(customers, directive.segmentation, fitted, directive.grain)
+    got = spark.read.format("delta").load(functional_table(profile, directive.id, "segments")).drop("source_version")
+    assertDataFrameEqual(got, expected)
+    return fitted_as_of
+
+
+def _assert_equals_a_full_recompute(spark, profile, directives, functional) -> date:
+    """Every table but the segments equals a full recompute; returns the segments' fit as_of."""
+    fitted_as_of = _assert_segments_apply_the_saved_fit(spark, profile, functional.directive)
     rolled = _tables(spark, profile, functional.directive)
     run_functional(spark, profile, directives, functional, full=True)
     for name, rows in _tables(spark, profile, functional.directive).items():
         assertDataFrameEqual(rolled[name], rows)
+    return fitted_as_of
 
 
 def test_changed_keys_merged_equal_a_full_recompute(spark, profile, directives):
@@ -109,7 +132,7 @@ def test_changed_keys_merged_equal_a_full_recompute(spark, profile, directives):
     run = run_functional(spark, profile, ours, functional)
     assert 5 <= run.recomputed[""] < len(customers) and run.recomputed["by_channel"] is not None
     assert run.new_events == 70 and not run.rebuilt_partials
-    _assert_equals_a_full_recompute(spark, profile, ours, functional)
+    assert _assert_equals_a_full_recompute(spark, profile, ours, functional) == (START + timedelta(days=150)).date()  # not refit
 
     # One customer's events move as_of two days: the others have no new event.
     _append(spark, profile, {"transaction": _events(5, customers[5:6], 153, 153, 2)})

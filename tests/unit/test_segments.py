@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import date
 
-from pipelines.crfm.segments import check_scores, clusters, rfm_scores, segments
-from pipelines.directives import Clustering, RfmScores, Score, Segmentation
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from pipelines.crfm.segments import SavedFit, apply, check_scores, clusters, feature_stats, fit, refit_reason, rfm_scores, segments
+from pipelines.directives import Clustering, Refit, RfmScores, Score, Segmentation
 from pipelines.errors import CrmError
 
 RFM = RfmScores(recency="recency_days", frequency="orders", monetary="spend", bins=5)
@@ -69,3 +72,29 @@ def test_scores_are_the_directive_expressions_and_are_checked_before_running(spa
     typo = seg.model_copy(update={"scores": [Score(name="lead_score", expression="10 * vists")]})
     with pytest.raises(CrmError, match=r"f.yaml: segmentation.scores \(lead_score\): .*vists"):
         check_scores(params.limit(0), typo, "f.yaml")
+
+
+def test_a_saved_fit_scores_other_customers_as_when_it_was_fitted(spark, tmp_path):
+    rows = [(f"C{i}", i % 40, i % 7, float(i)) for i in range(60)]
+    params = spark.createDataFrame(rows, "customer_id string, recency_days int, orders int, spend double")
+    seg = Segmentation(rfm=RFM, clustering=Clustering(features=["recency_days", "orders"], k=3))
+    saved = SavedFit(tmp_path / "fit", "print")
+    saved.save(fit(params, seg), date(2026, 3, 1), feature_stats(params, seg))
+    fitted, as_of, stats = saved.load()
+    assert as_of == date(2026, 3, 1) and stats["orders"][0] == pytest.approx(sum(i % 7 for i in range(60)) / 60)
+    assertDataFrameEqual(apply(params, seg, fitted, "customer_id"), segments(params, seg, "customer_id"))
+    # New customers are scored by the saved edges and centres, not by a fit of their own.
+    later = spark.createDataFrame([("N1", 0, 6, 59.0), ("N2", 39, 0, 0.0)], params.schema)
+    got = {r["customer_id"]: r for r in apply(later, seg, fitted, "customer_id").collect()}
+    assert (got["N1"]["r_score"], got["N2"]["r_score"]) == (5, 1)
+    assert SavedFit(tmp_path / "fit", "another directive").load() is None
+
+
+def test_a_fit_is_due_after_its_days_or_when_a_mean_drifted():
+    refit = Refit(every_days=7, drift=0.5)
+    stats = {"orders": [4.0, 2.0], "spend": [None, None]}
+    fitted = date(2026, 3, 1)
+    assert refit_reason(refit, fitted, stats, date(2026, 3, 7), {"orders": 4.9, "spend": None}) is None
+    assert "7 days" in refit_reason(refit, fitted, stats, date(2026, 3, 8), {"orders": 4.0, "spend": None})
+    assert "orders" in refit_reason(refit, fitted, stats, date(2026, 3, 2), {"orders": 5.1, "spend": None})  # 0.55 deviations
+    assert "spend" in refit_reason(refit, fitted, stats, date(2026, 3, 2), {"orders": 4.0, "spend": 3.0})
