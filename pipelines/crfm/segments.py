@@ -4,7 +4,7 @@ segments, and k-means clusters (Spark MLlib) on standardised parameters.
 Scores are quantile bins whose edges come from approxQuantile, so no job sorts all the
 customers through one partition; ties fall into the same bin.
 
-What a segmentation learns (the edges, the k-means pipeline) is fitted, saved and applied
+What a segmentation learns (the edges, the k-means centres) is fitted, saved and applied
 apart: CRFM scores new and changed customers with the saved fit, and fits again when the
 directive's `refit` says (after some days of as_of, or when a parameter's mean drifted).
 """
@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
-from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, ParseException
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.sql import Column, DataFrame
@@ -90,7 +87,16 @@ def _inputs(params: DataFrame, clustering: Clustering) -> tuple[DataFrame, list[
     return params.select("*", *[F.coalesce(F.col(name).cast("double"), F.lit(0.0)).alias(i) for name, i in zip(clustering.features, inputs)]), inputs
 
 
-def fit_clusters(params: DataFrame, clustering: Clustering) -> PipelineModel | None:
+@dataclass(frozen=True)
+class Centres:
+    """A fitted k-means: the means and deviations it standardised the features with, and its centres."""
+
+    mean: list[float]
+    std: list[float]
+    centres: list[list[float]]
+
+
+def fit_clusters(params: DataFrame, clustering: Clustering) -> Centres | None:
     """k-means on the standardised features; None when the customers hold fewer than two
     distinct points (one cluster). With fewer distinct points than k, k is lowered to their
     number: MLlib's k-means fails when it cannot find k distinct centres."""
@@ -98,21 +104,27 @@ def fit_clusters(params: DataFrame, clustering: Clustering) -> PipelineModel | N
     distinct = filled.select(*inputs).distinct().limit(clustering.k).count()
     if distinct < 2:
         return None
-    return Pipeline(
+    model = Pipeline(
         stages=[
             VectorAssembler(inputCols=inputs, outputCol="_features"),
             StandardScaler(inputCol="_features", outputCol="_scaled", withMean=True, withStd=True),
             KMeans(featuresCol="_scaled", predictionCol="cluster", k=min(clustering.k, distinct), seed=clustering.seed),
         ]
     ).fit(filled)
+    scaler, kmeans = model.stages[1], model.stages[2]
+    return Centres(scaler.mean.toArray().tolist(), scaler.std.toArray().tolist(), [c.tolist() for c in kmeans.clusterCenters()])
 
 
-def apply_clusters(params: DataFrame, clustering: Clustering, model: PipelineModel | None) -> DataFrame:
-    """params plus `cluster` from a fitted model (0 for all without one)."""
-    if model is None:
+def apply_clusters(params: DataFrame, clustering: Clustering, centres: Centres | None) -> DataFrame:
+    """params plus `cluster`, the nearest centre to the standardised features (0 for all
+    without centres), as expressions: applying a fit loads no model (pure)."""
+    if centres is None:
         return params.withColumn("cluster", F.lit(0))
-    filled, _ = _inputs(params, clustering)
-    return model.transform(filled).select(*params.columns, "cluster")
+    filled = [F.coalesce(F.col(name).cast("double"), F.lit(0.0)) for name in clustering.features]
+    # As MLlib's StandardScaler: a feature without spread is 0.
+    scaled = [(x - F.lit(m)) / F.lit(s) if s else F.lit(0.0) for x, m, s in zip(filled, centres.mean, centres.std)]
+    distances = F.array(*[sum((x - F.lit(c)) ** 2 for x, c in zip(scaled, centre)) for centre in centres.centres])
+    return params.withColumn("cluster", (F.array_position(distances, F.array_min(distances)) - 1).cast("int"))
 
 
 def clusters(params: DataFrame, clustering: Clustering) -> DataFrame:
@@ -139,10 +151,10 @@ def scores(scored: DataFrame, segmentation: Segmentation) -> DataFrame:
 @dataclass(frozen=True)
 class Fitted:
     """What a segmentation learns from the customers: the RFM scores' edges and the k-means
-    pipeline (None: one cluster)."""
+    centres (None: one cluster)."""
 
     edges: dict[str, list[float]]
-    clusters: PipelineModel | None
+    clusters: Centres | None
 
 
 def fit(params: DataFrame, segmentation: Segmentation) -> Fitted:
@@ -192,9 +204,9 @@ def refit_reason(refit: Refit, fitted_as_of: date, fitted_stats: dict, as_of: da
 
 @dataclass(frozen=True)
 class SavedFit:
-    """A fitted segmentation kept between runs in `folder`: `fit.json` (the edges, the as_of it
-    was fitted on, the parameters' means and deviations then, the directive's fingerprint) and
-    the k-means pipeline that file names (saved by MLlib)."""
+    """A fitted segmentation kept between runs in `folder`/fit.json: the edges and centres, the
+    as_of it was fitted on, the parameters' means and deviations then, and the directive's
+    fingerprint."""
 
     folder: Path
     fingerprint: str
@@ -204,21 +216,16 @@ class SavedFit:
             saved = json.loads((self.folder / "fit.json").read_text())
             if saved["fingerprint"] != self.fingerprint:
                 return None
-            model = PipelineModel.load(str(self.folder / saved["clusters"])) if saved["clusters"] else None
-            return Fitted(saved["edges"], model), date.fromisoformat(saved["as_of"]), saved["stats"]
-        except (OSError, ValueError, KeyError, TypeError, Py4JJavaError):
+            centres = Centres(**saved["clusters"]) if saved["clusters"] else None
+            return Fitted(saved["edges"], centres), date.fromisoformat(saved["as_of"]), saved["stats"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None  # none yet, or unreadable: the next run fits again
 
     def save(self, fitted: Fitted, as_of: date, stats: dict) -> None:
-        """The pipeline goes to a folder of its own, then fit.json names it (replaced whole)."""
+        """Written to a temporary file and renamed, so never half-written."""
+        clusters = asdict(fitted.clusters) if fitted.clusters else None
+        saved = {"fingerprint": self.fingerprint, "as_of": as_of.isoformat(), "edges": fitted.edges, "clusters": clusters, "stats": stats}
         self.folder.mkdir(parents=True, exist_ok=True)
-        clusters = f"clusters-{uuid.uuid4().hex[:12]}" if fitted.clusters is not None else None
-        if clusters:
-            fitted.clusters.write().save(str(self.folder / clusters))
-        saved = {"fingerprint": self.fingerprint, "as_of": as_of.isoformat(), "edges": fitted.edges, "stats": stats, "clusters": clusters}
         partial = self.folder / "fit.json.tmp"
         partial.write_text(json.dumps(saved, indent=1))
         os.replace(partial, self.folder / "fit.json")
-        for old in self.folder.glob("clusters-*"):
-            if old.name != clusters:
-                shutil.rmtree(old, ignore_errors=True)
