@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT = "crm.partials.fingerprint"
 MONTH = "month"
-LAYOUT = 5  # of the partials tables; a change rebuilds tables stored the old way
+LAYOUT = 4  # of the partials tables; a change rebuilds tables stored the old way
 APP_ID = "crfm-partials"
 COMPACTION = "crfm-partials-compaction"  # not APP_ID's prefix: BatchAppender reads batch ids there
 COMPACT_EVERY = 8  # appends to a partials table before its repeated keys are added up
@@ -106,7 +106,6 @@ def update_partials(spark: SparkSession, silver: str, folds: list[Fold], checkpo
                 DeltaTable.createIfNotExists(spark).location(f.table).addColumns(schema)
                 .partitionedBy(MONTH)  # new events touch the newest months: a compaction rewrites only those
                 .property(FINGERPRINT, print_)  # no deletion vectors: delta-rs (deltalake), which analysts use, cannot read them
-                .property("delta.enableChangeDataFeed", "true")  # the roll-up reads which keys were appended (rollup.py)
                 .execute()
             )  # fmt: skip
     appender = BatchAppender(spark, APP_ID)

@@ -6,8 +6,8 @@ runs a partials table grows by appends only (a compaction adds rows up without c
 sum); after any other commit (an erasure, a purge, a rebuild) its part is recomputed whole.
 So when a run appended partials and moved as_of from a0 to a1, a row can change only if its key
 
-- has new partials: the keys of the appends since the table was computed, read from the
-  partials tables' change data feed;
+- has new partials: the keys in the files the partials tables' appends added since the
+  table was computed;
 - has partials on a day that entered or left a parameter's scope (a window, a holdout, a
   variant's earlier as_of) when as_of moved.
 
@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import reduce
+from pathlib import Path
+from urllib.parse import urlparse
 
 import deltalake
 from delta.tables import DeltaTable
@@ -68,15 +70,14 @@ def appends_since(path: str, then: PartialsState) -> list[tuple[int, int]] | Non
     return ranges
 
 
-def new_partials(spark: SparkSession, path: str, ranges: list[tuple[int, int]]) -> DataFrame | None:
-    """The partials rows appended in those version ranges, from the change data feed."""
-    frames = [
-        spark.read.format("delta").option("readChangeFeed", "true")
-        .option("startingVersion", first).option("endingVersion", last)
-        .load(path).where(F.col("_change_type") == "insert")
-        for first, last in ranges
-    ]  # fmt: skip
-    return reduce(DataFrame.unionByName, frames) if frames else None
+def appended_files(path: str, ranges: list[tuple[int, int]]) -> list[str] | None:
+    """The data files the appends in those version ranges added (an append removes none);
+    None when one is gone (a VACUUM after a compaction removed it)."""
+    files: set[str] = set()
+    for first, last in ranges:
+        files |= set(deltalake.DeltaTable(path, version=last).file_uris()) - set(deltalake.DeltaTable(path, version=first - 1).file_uris())
+    local = [urlparse(f).path for f in files if urlparse(f).scheme in ("", "file")]
+    return sorted(files) if all(Path(f).exists() for f in local) else None
 
 
 def moved_days(params: Iterable[Parameter], offsets: Iterable[int], before: date, after: date) -> list[tuple[date, date]]:
@@ -128,10 +129,11 @@ def changed_keys(
     frames = []
     for path in partials.values():
         ranges = appends_since(path, then[path]) if path in then else None
-        if ranges is None:
+        files = appended_files(path, ranges) if ranges is not None else None
+        if files is None:
             return None
-        if (appended := new_partials(spark, path, ranges)) is not None:
-            frames.append(appended.select(grain))
+        if files:
+            frames.append(spark.read.parquet(*files).select(grain))
         if days := moved_days(params, offsets, before, after):
             frames.append(spark.read.format("delta").load(path).where(on_days(days)).select(grain))
     if not frames:  # nothing appended and as_of did not move

@@ -8,13 +8,14 @@ import random
 from datetime import date, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.crfm.incremental import APP_ID, COMPACTION
 from pipelines.crfm.job import measured_parts, partials_path, run_functional
 from pipelines.crfm.parameters import as_of_time, customer_parameters, feeds, parameter_variants
-from pipelines.crfm.rollup import PartialsState, appends_since, moved_days
+from pipelines.crfm.rollup import PartialsState, appended_files, appends_since, moved_days
 from pipelines.crfm.segments import SavedFit, apply, scores
 from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded, Parameter
 from pipelines.tables import functional_table, silver_table
@@ -162,6 +163,8 @@ def test_only_appends_since_the_recorded_version_can_be_rolled_up_by_key(tmp_pat
     _commit(path, [2], f"{APP_ID}:8")
     _commit(path, [3], f"{APP_ID}:9")
     assert appends_since(path, then) == [(1, 1), (3, 4)]
+    appended = appended_files(path, [(1, 1), (3, 4)])
+    assert sorted(pq.read_table(appended)["customer_id"].to_pylist()) == ["C1", "C2", "C3"]  # not the compaction's file
     assert appends_since(path, PartialsState.of(path)) == []
     DeltaTable(path).delete("customer_id = 'C0'")  # crm purge or forget: rows gone
     assert appends_since(path, then) is None
