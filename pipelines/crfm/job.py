@@ -1,10 +1,11 @@
 """The CRFM job: silver tables -> one functional Delta table per functional directive.
 
 Each source's new silver events are folded into daily partials (incremental.py); the
-parameters are then rolled up from those partials, so old events are never re-read. The
-roll-up runs when a silver table it reads has a new Delta version or the partials were
-rebuilt, and not otherwise; `source_version` in the output records what it was computed
-from. When the strategic directive it serves asks for validity checks, `<table>_variants`
+parameters are then rolled up from those partials, so old events are never re-read. Only
+the keys the new partials can change are rolled up again and MERGEd into the tables
+(rollup.py); the tables are computed whole on a first run, after the partials were rebuilt
+or lost rows, or for a new version of the directive. `source_version` in the output records
+what a row was last computed from. When the strategic directive it serves asks for validity checks, `<table>_variants`
 holds the parameters re-measured for them (see parameter_variants); with `segmentation`,
 `<table>_segments` holds RFM scores, segments, k-means clusters and scores; each breakdown
 `by_<grain>` has its own partials and table `<table>_by_<grain>` (with its scores), with the
@@ -13,7 +14,8 @@ The tables after the customer parameters are independent of each other, so they 
 together (STEPS_AT_ONCE at a time) and their step times overlap.
 
 A finished run records what it was computed from (`current.json` beside the partials'
-checkpoints): the silver versions and a fingerprint of the directive. A scheduled run that
+checkpoints): the silver versions, a fingerprint of the directive, the as_of day and the
+partials' and tables' Delta versions (RolledUp), which the next roll-up starts from. A scheduled run that
 finds the same versions (read from the Delta logs by delta-rs) and the same fingerprint has
 nothing to do, and returns without a Spark job.
 """
