@@ -66,7 +66,10 @@ def appends_since(path: str, then: PartialsState) -> list[tuple[int, int]] | Non
         if not meta.startswith(f"{APP_ID}:"):
             return None
         v = commit["version"]
-        ranges[-1:] = [(ranges[-1][0], v)] if ranges and ranges[-1][1] == v - 1 else [*ranges[-1:], (v, v)]
+        if ranges and ranges[-1][1] == v - 1:
+            ranges[-1] = (ranges[-1][0], v)
+        else:
+            ranges.append((v, v))
     return ranges
 
 
