@@ -15,7 +15,7 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
-from pipelines.crfm.parameters import PARTS, part
+from pipelines.crfm.parameters import part, part_kinds
 from pipelines.directives import DirectiveSet
 from pipelines.tables import lakehouse_tables
 
@@ -54,7 +54,7 @@ def column_notes(layer: str, table: str, directives: DirectiveSet) -> dict[str, 
                 params = next((ps for b, ps in breakdown.items() if table.startswith(b)), [])
             for param in params:
                 note = (param.data_class, _treatment(directives, param.source, param.column))
-                notes |= {param.name: note} | {part(param, kind): note for kind in PARTS[param.measure]}
+                notes |= {param.name: note} | {part(param, kind): note for kind in part_kinds(param)}
     elif layer == "crsm":  # the customers a purchase model scored carry the parameters of the functional table it read
         for strategic in directives.strategic.values():
             if table == f"{strategic.directive.id.split('.', 1)[1]}_customers":

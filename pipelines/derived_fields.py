@@ -58,3 +58,9 @@ WEB_FIELDS = (
     T.StructField("device_type", T.StringType(), True),  # desktop, mobile, tablet, bot, other
     T.StructField("is_bot", T.BooleanType(), True),
 )
+
+# Items with a lifecycle, e.g. service tickets (pipelines.crom.lifecycle.lifecycle_columns).
+LIFECYCLE_FIELDS = (
+    T.StructField("hours_open", T.DoubleType(), True),  # from the item's opening to this event
+    T.StructField("overdue", T.BooleanType(), True),  # hours_open beyond the item's target; null without one
+)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pyspark.sql import types as T
 
 from pipelines import config
-from pipelines.derived_fields import ORDER_FIELDS, TEMPLATE_FIELDS, TEXT_FIELDS, WEB_FIELDS
+from pipelines.derived_fields import LIFECYCLE_FIELDS, ORDER_FIELDS, TEMPLATE_FIELDS, TEXT_FIELDS, WEB_FIELDS
 from pipelines.errors import CrmError, describe_validation_error
 from pipelines.line_layout import LineLayout
 from pipelines.rates import read_rates
@@ -171,7 +171,7 @@ class StrategicDirective(_Strict):
 # --- functional --------------------------------------------------------------------------
 
 
-ROW_MEASURES = ("count", "sum", "avg", "count_distinct", "last", "recency_days", "ratio")
+ROW_MEASURES = ("count", "sum", "avg", "median", "count_distinct", "last", "recency_days", "ratio")
 # Measured on purchase days (a customer's events of one day are one purchase), as BG/NBD counts.
 DAY_MEASURES = ("active_days", "repeat_days", "repeat_avg", "first_to_last_days", "tenure_days")
 
@@ -200,6 +200,9 @@ class Parameter(_Strict):
     window_days: int | None = Field(default=None, ge=1, description="Only the N days up to as_of.")
     holdout_days: int | None = Field(default=None, ge=1, description="Only the N days after as_of: a holdout to check predictions.")
     attributed_by: Attribution | None = Field(default=None, description="In a breakdown: the grain of events that do not carry it.")
+    latest_per: str | None = Field(
+        default=None, description="A count of items (e.g. ticket_id) whose newest event in scope the filter keeps, e.g. tickets still open."
+    )
 
     @model_validator(mode="after")
     def _one_period(self):
@@ -214,6 +217,12 @@ class Parameter(_Strict):
             raise ValueError("a ratio needs a filter (the events it counts) and no column")
         if self.of is not None and self.measure != "ratio":
             raise ValueError("only a ratio has `of`")
+        return self
+
+    @model_validator(mode="after")
+    def _latest_per(self):
+        if self.latest_per is not None and (self.measure != "count" or self.column is not None):
+            raise ValueError("latest_per counts items: it needs measure count and no column")
         return self
 
 
@@ -400,6 +409,14 @@ class WebFacts(_Strict):
     session_gap_minutes: int = Field(default=30, ge=1, description="A pause longer than this ends a visitor's session.")
 
 
+class LifecycleFacts(_Strict):
+    """An item's age at each of its events, e.g. a service ticket's: hours since it was opened,
+    and whether that is past its target (see pipelines.crom.lifecycle)."""
+
+    opened: str = Field(description="The date-time field telling when the item was opened, on every event.")
+    target_hours: str | None = Field(default=None, description="A numeric field: the hours within which the item should be closed (e.g. an SLA).")
+
+
 class Datafy(_Strict):
     """Structured fields derived from unstructured ones, per source."""
 
@@ -407,10 +424,14 @@ class Datafy(_Strict):
     text: TextMining | None = None
     orders: OrderFacts | None = None
     web: WebFacts | None = None
+    lifecycle: LifecycleFacts | None = None
 
     def derived_fields(self) -> tuple[T.StructField, ...]:
         """The silver columns these derivations add, in table order."""
-        chosen = ((self.logs, TEMPLATE_FIELDS), (self.text, TEXT_FIELDS), (self.orders, ORDER_FIELDS), (self.web, WEB_FIELDS))
+        chosen = (
+            (self.logs, TEMPLATE_FIELDS), (self.text, TEXT_FIELDS), (self.orders, ORDER_FIELDS), (self.web, WEB_FIELDS),
+            (self.lifecycle, LIFECYCLE_FIELDS),
+        )  # fmt: skip
         return tuple(f for mining, fields in chosen if mining is not None for f in fields)
 
 
@@ -609,6 +630,8 @@ def _check_expectations(ref: Loaded, source: str, src: Source, schema: EventSche
             raise CrmError(f"{ref.path}: sources.{source}.datafy.{key}: {name!r} is not a string field of {schema.name}")
     if src.datafy.orders is not None:
         _check_orders(f"{ref.path}: sources.{source}.datafy.orders", src.datafy.orders, schema)
+    if src.datafy.lifecycle is not None:
+        _check_lifecycle(f"{ref.path}: sources.{source}.datafy.lifecycle", src.datafy.lifecycle, schema)
     if schema.field(ref.directive.watermark.column) is None:
         raise CrmError(f"{ref.path}: watermark.column: {ref.directive.watermark.column!r} is not a field of {schema.name}")
 
@@ -628,6 +651,15 @@ def _check_orders(where: str, orders: OrderFacts, schema: EventSchema) -> None:
     allowed = set(schema.document["properties"][orders.currency].get("enum") or ())
     if allowed - table.currencies:
         raise CrmError(f"{where}.rates: {orders.rates} has no rate for {sorted(allowed - table.currencies)}, which {schema.name} allows")
+
+
+def _check_lifecycle(where: str, lifecycle: LifecycleFacts, schema: EventSchema) -> None:
+    wanted = {"opened": (T.TimestampType(),), "target_hours": (T.LongType(), T.IntegerType(), T.DoubleType())}
+    for key, types in wanted.items():
+        name = getattr(lifecycle, key)
+        field = schema.field(name) if name is not None else None
+        if name is not None and (field is None or field.spark_type not in types):
+            raise CrmError(f"{where}.{key}: {name!r} is not a {' or '.join(t.simpleString() for t in types)} field of {schema.name}")
 
 
 def _check_parameters(ref: Loaded, levels: dict, schemas: dict[str, EventSchema]) -> None:
@@ -692,7 +724,7 @@ def _check_parameter_list(where_list: str, directive: FunctionalDirective, param
         seen.add(param.name)
         if param.source not in datafied:
             raise CrmError(f"{where}: source: {param.source!r} is not a source of any operational directive serving {directive.id}")
-        needs_column = param.measure in ("sum", "avg", "count_distinct", "last", "repeat_avg")
+        needs_column = param.measure in ("sum", "avg", "median", "count_distinct", "last", "repeat_avg")
         if needs_column and not param.column:
             raise CrmError(f"{where}: column: measure {param.measure!r} needs a column")
         schema = schemas[param.source]
@@ -701,6 +733,8 @@ def _check_parameter_list(where_list: str, directive: FunctionalDirective, param
             if spec is not None:  # personal data never reaches silver under its own name
                 raise CrmError(f"{where}: column: {param.column!r} is personal data ({spec.pii}); silver holds it as {', '.join(spec.stored_as)}")
             raise CrmError(f"{where}: column: {param.column!r} is not a field of {schema.name} nor derived by its datafy block")
+        if param.latest_per and not _is_column(param.latest_per, schema, datafied[param.source]):
+            raise CrmError(f"{where}: latest_per: {param.latest_per!r} is not a column of {schema.name}'s silver table")
 
 
 def _check_segmentation(ref: Loaded) -> None:

@@ -1,8 +1,11 @@
-"""Deterministic, realistic events for the four sources, with optional bad records.
+"""Deterministic, realistic events for the five sources, with optional bad records.
 
 Event `i` of seed `s` depends only on (s, i), so a run can continue where the last one
 stopped (`start`) and the same seed always gives the same bytes. Each event also says what
 CROM should do with it (`kind`), which tests and the demo use to check exact counts.
+
+Service tickets are on when the stream has a "ticket" topic: every TICKET_EVERY-th event then
+opens, updates or closes a ticket. A stream without one gives the same bytes as before tickets.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import random
 import sys
 import time
@@ -85,6 +89,24 @@ COMPLAINTS = (
     "Third week waiting for the {p}, delivery is late again. Going to cancel.",
 )
 SERVICES = ("checkout-service", "catalog-service", "auth-service", "payment-gateway")
+# Service tickets: the customer's first message, always a complaint.
+SUBJECTS = (
+    "My {p} arrived broken, please replace it.",
+    "Charged twice for my {p} order, I want a refund.",
+    "Where is my order? The {p} never arrived.",
+    "Please cancel my order for the {p}, it is still not shipped.",
+    "Nobody answered me about the {p} for days, this is unacceptable.",
+    "The {p} is defective after one week of use.",
+    "Delivery of my {p} is late again, the third time this year.",
+    "The {p} stopped working and the returns page gives an error.",
+)
+SUBJECT_PII = (" Call me back on {phone}.", " My email is {email}.")  # the pipeline must scrub these
+SUBJECT_PII_SHARE = 0.1
+SLA_HOURS = {"chat": 8, "phone": 24, "email": 24, "web_form": 48}  # by channel; TICKET_CHANNELS in its order
+TICKET_CHANNELS = tuple(SLA_HOURS)
+TICKET_EVERY = 20  # with tickets on, event i with i % 20 == 19 is a ticket slot: open, update, close in turn
+TICKET_LAG_BLOCKS = 2  # L: a ticket's update comes about L blocks after its opening, its closing 2L
+RESOLVE_HOURS = 24  # what the time from opening to closing scatters around, whatever the traffic
 LOG_LINES = (
     "INFO Order {o} placed by customer {c} in {ms} ms",
     "WARN Payment retry {n} for order {o}",
@@ -118,7 +140,8 @@ class Traffic:
 
 
 # A live CRM feed: a million events span 20 days, and 1% of them (half a day) names about 8%
-# of the customers (3,853 for seed 42). `crm produce` defaults to it.
+# of the customers (seed 42's last 10,000: 3,853 with the four older topics, 4,028 with a
+# ticket topic too). `crm produce` defaults to it.
 FEED = Traffic(customers=50_000, events_per_day=50_000)
 # A small shop with long histories per customer (2,000 events span two days, 100k events 104
 # days), so that small runs have repeat buyers and fitted purchase models: the demo and tests.
@@ -222,6 +245,8 @@ class EventStream:
     _cum_weights: list[float] = field(default_factory=list)
     _prospects: list[str] = field(default_factory=list)  # their cookie ids
     _mix: list[tuple[float, str]] = field(default_factory=list)
+    _ticket_block: int = 0  # B, in positions (one position: an opening, an update and a closing slot)
+    _ticket_mult: int = 1  # A, coprime with B: scatters which ticket an update or closing slot takes
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.bad_fraction <= 1.0:
@@ -235,6 +260,16 @@ class EventStream:
         self._cum_weights = list(itertools.accumulate(c.activity for c in self.customers))
         prospects = max(1, round(PROSPECTS_PER_CUSTOMER * len(self.customers)))
         self._prospects = [uuid.UUID(int=random.Random(f"prospect:{self.seed}:{k}").getrandbits(128), version=4).hex for k in range(prospects)]
+        # A position spans 3 x TICKET_EVERY events, B positions about RESOLVE_HOURS / 2L of event
+        # time. A ticket's update comes B to 3B positions after its opening, its closing 3B to 5B:
+        # 0.75x to 1.25x RESOLVE_HOURS, 18 to 30 hours, B's rounding aside, which only feeds of a
+        # few hundred events a day notice (small shop: B = 4, 20.5 to 29.5 hours; FEED: B = 208,
+        # 18.0 to 29.95 hours).
+        position_s = 3 * TICKET_EVERY * self.traffic.spacing_s
+        self._ticket_block = max(1, round(RESOLVE_HOURS * 3600 / (2 * TICKET_LAG_BLOCKS * position_s)))
+        # Near B/golden ratio, so that (r, A r mod B) spreads over the block like independent draws
+        # (A near B/2 would give a few lags only).
+        self._ticket_mult = next(a for a in itertools.count(round(0.618 * self._ticket_block)) if math.gcd(a, self._ticket_block) == 1)
 
     def _rng(self, i: int) -> random.Random:
         return random.Random(f"{self.seed}:{i}")
@@ -245,6 +280,27 @@ class EventStream:
 
     def kind_of(self, i: int) -> str:
         return self._draw_kind(self._rng(i))
+
+    def ticket_at(self, i: int) -> tuple[int, int] | None:
+        """(ticket, step) that slot i advances (step 0 opens, 1 updates, 2 closes), or None when
+        i is no ticket slot. The update and closing slots of a block of B positions take the
+        tickets of the block L and 2L earlier in a scattered order (a bijection), so every ticket
+        gets one of each, its closing after its update; the first blocks have none to take."""
+        if "ticket" not in self.topics or i % TICKET_EVERY != TICKET_EVERY - 1:
+            return None
+        step, position = (i // TICKET_EVERY) % 3, i // TICKET_EVERY // 3
+        if step == 0:
+            return position, 0
+        block, r = divmod(position, self._ticket_block)
+        offset = int(hashlib.sha256(f"ticket-step:{self.seed}:{block}:{step}".encode()).hexdigest(), 16)
+        k = (block - step * TICKET_LAG_BLOCKS) * self._ticket_block + (self._ticket_mult * r + offset) % self._ticket_block
+        return (k, step) if k >= 0 else None
+
+    def _ticket_time(self, i: int) -> datetime:
+        """A ticket slot's event time, from its index alone, so a ticket's opening time is known
+        at its later events without replaying the opening's random stream."""
+        spacing = self.traffic.spacing_s
+        return ANCHOR + timedelta(seconds=i * spacing + random.Random(f"ticket-time:{self.seed}:{i}").randrange(max(1, round(spacing))))
 
     def event(self, i: int) -> GeneratedEvent:
         rng = self._rng(i)
@@ -284,6 +340,8 @@ class EventStream:
         return source, record
 
     def _valid_record(self, i: int, rng: random.Random, source: str | None = None) -> tuple[str, dict]:
+        if source is None and (ticket := self.ticket_at(i)):
+            return "ticket", self._ticket(i, rng, *ticket)
         source = source or rng.choices(SOURCES, SOURCE_WEIGHTS)[0]
         spacing = self.traffic.spacing_s
         when = ANCHOR + timedelta(seconds=i * spacing + rng.randrange(max(1, round(spacing))))
@@ -297,6 +355,36 @@ class EventStream:
         }
         record.update(getattr(self, f"_{source}")(rng, customer, when))
         return source, record
+
+    def _ticket(self, i: int, rng: random.Random, k: int, step: int) -> dict:
+        """Step `step` of ticket k; what the ticket is about comes from its own stream, so all its
+        events agree on it."""
+        opened = self._ticket_time(3 * k * TICKET_EVERY + TICKET_EVERY - 1)
+        own = random.Random(f"ticket:{self.seed}:{k}")
+        customer = self._customer(own, opened, buying=False)
+        channel = own.choice(TICKET_CHANNELS)
+        subject = own.choice(SUBJECTS).format(p=own.choice(PRODUCTS)[1])
+        if own.random() < SUBJECT_PII_SHARE:
+            subject += own.choice(SUBJECT_PII).format(phone=customer.phone, email=customer.email)
+        record = {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "source": "ticket",
+            "schema_version": 1,
+            "event_time": self._ticket_time(i).isoformat(timespec="milliseconds"),
+            "producer": f"ticket-gateway-{rng.randrange(1, 4)}",
+        }
+        # An update is mostly the agent asking the customer something (pending), else a reply.
+        status = "open" if step == 0 else "closed" if step == 2 else "pending" if rng.random() < 0.7 else "open"
+        record.update(
+            customer_id=customer.customer_id,
+            ticket_id=f"T{k:09d}",
+            status=status,
+            opened_at=opened.isoformat(timespec="milliseconds"),
+            channel=channel,
+            sla_hours=SLA_HOURS[channel],
+            subject=subject,
+        )
+        return record
 
     def _customer(self, rng: random.Random, when: datetime, buying: bool) -> Customer:
         """A customer by activity; an order of one who has left goes to another customer. The

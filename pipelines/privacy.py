@@ -32,7 +32,7 @@ PHONE_PATTERN = (
     r"|\b0[0-9]{2,4}[ -]?[0-9]{3,4}[ -]?[0-9]{3,5}\b"
     r"|(?:\([2-9][0-9]{2}\)|\b[2-9][0-9]{2})[ .-]?[0-9]{3}[ .-][0-9]{4}\b)"
 )
-CARD_PATTERN = r"\b(?:[0-9][ -]?){12,18}[0-9]\b"
+CARD_PATTERN = r"(?<!\+)\b(?:[0-9][ -]?){12,18}[0-9]\b"  # no '+': that is an international phone's
 
 
 def hmac_key(cache_dir: Path) -> bytes:

@@ -43,16 +43,24 @@ VARIANT = "variant"
 
 # The partial sums each measure needs, per customer, day and trust.
 ROWS, TOTAL, VALUES, DISTINCT, LAST, BASE = "rows", "total", "values", "distinct", "last", "base"
+LIST = "list"  # every value: a median needs them all
+ITEMS = "items"  # each event's item, time and whether the filter keeps it: for `latest_per`
 PARTS = {
     "count": (ROWS,),
     "sum": (TOTAL,),
     "avg": (TOTAL, VALUES),
+    "median": (LIST,),
     "count_distinct": (DISTINCT,),
     "last": (LAST,),
     "recency_days": (ROWS,),
     "ratio": (ROWS, BASE),  # the events counted, and the events they are a share of
     **{measure: (ROWS, TOTAL) for measure in DAY_MEASURES},
 }
+
+
+def part_kinds(param: Parameter) -> tuple[str, ...]:
+    """The partial sums a parameter's roll-up needs."""
+    return (ITEMS,) if param.latest_per else PARTS[param.measure]
 
 
 def part(param: Parameter, kind: str) -> str:
@@ -82,6 +90,13 @@ def _partial(param: Parameter, kind: str) -> Column:
         agg = F.count(F.when(kept, value))
     elif kind == DISTINCT:
         agg = F.collect_set(F.when(kept, value))
+    elif kind == LIST:
+        agg = F.collect_list(F.when(kept, value).cast(T.DoubleType()))
+    elif kind == ITEMS:
+        item = F.col(param.latest_per).cast(T.StringType())
+        # `kept` made nullable: Delta refuses NOT NULL fields inside arrays.
+        event = F.struct(item.alias("item"), F.col(EVENT_TIME).alias("at"), F.when(item.isNotNull(), kept).alias("kept"))
+        agg = F.collect_list(F.when(item.isNotNull(), event))
     else:  # LAST: the newest event's value; on a tie in time, the larger value, as in any order
         agg = F.max(F.when(kept, F.struct(F.col(EVENT_TIME).alias("at"), value.alias("value"))))
     return agg.alias(part(param, kind))
@@ -92,7 +107,7 @@ def daily_partials(silver: DataFrame, params: list[Parameter], grain: str) -> Da
     events = silver.where(F.col(grain).isNotNull() & F.col(EVENT_TIME).isNotNull())
     trusted = F.coalesce(F.col("trust_level") != F.lit(UNTRUSTED), F.lit(False))  # none given: untrusted
     by = [F.col(grain), F.to_date(EVENT_TIME).alias(DAY), trusted.alias(TRUSTED)]
-    return events.groupBy(*by).agg(*[_partial(p, kind) for p in params for kind in PARTS[p.measure]])
+    return events.groupBy(*by).agg(*[_partial(p, kind) for p in params for kind in part_kinds(p)])
 
 
 def added_up(partials: DataFrame, params: list[Parameter], by: list[str]) -> DataFrame:
@@ -100,10 +115,12 @@ def added_up(partials: DataFrame, params: list[Parameter], by: list[str]) -> Dat
     distinct values united, the newest value kept (pure)."""
     sums = []
     for param in params:
-        for kind in PARTS[param.measure]:
+        for kind in part_kinds(param):
             c = F.col(part(param, kind))
             if kind == DISTINCT:
                 agg = F.array_distinct(F.flatten(F.collect_list(c)))
+            elif kind in (LIST, ITEMS):
+                agg = F.flatten(F.collect_list(c))
             elif kind == LAST:
                 agg = F.max(c)
             else:
@@ -129,19 +146,43 @@ def _days_in_scope(param: Parameter, as_of_day: Column) -> Column:
     return scope
 
 
+def _median(ordered: Column) -> Column:
+    """The middle of sorted values, or the mean of the two middle ones; null for none."""
+    n = F.size(ordered)
+    middle = F.element_at(ordered, ((n + 1) / 2).cast("int"))
+    return F.when(n % 2 == 1, middle).when(n > 0, (middle + F.element_at(ordered, (n / 2 + 1).cast("int"))) / 2)
+
+
+def _newest_kept(events: Column) -> Column:
+    """How many items' newest event is kept, over (item, at, kept) structs sorted by item and
+    time: a fold that remembers the current item's newest state (on a tie in time, kept wins)."""
+    start = F.struct(F.lit(None).cast(T.StringType()).alias("item"), F.lit(0).alias("done"), F.lit(0).alias("current"))
+
+    def step(acc: Column, event: Column) -> Column:
+        same = acc["item"].isNotNull() & (acc["item"] == event["item"])
+        done = F.when(same, acc["done"]).otherwise(acc["done"] + acc["current"])
+        return F.struct(event["item"].alias("item"), done.alias("done"), event["kept"].cast("int").alias("current"))
+
+    return F.aggregate(events, start, step, lambda acc: acc["done"] + acc["current"]).cast(T.LongType())
+
+
 def rollup(param: Parameter, as_of_day: Column) -> Column:
     """The aggregate Column of a parameter over one customer's per-day partials; counts and
     sums are 0, not null, when nothing is in scope."""
     scope = _days_in_scope(param, as_of_day)
-    c = {kind: F.when(scope, F.col(part(param, kind))) for kind in PARTS[param.measure]}
+    c = {kind: F.when(scope, F.col(part(param, kind))) for kind in part_kinds(param)}
     measure = param.measure
-    if measure == "count":
+    if param.latest_per:  # a count of the items whose newest event in scope the filter keeps
+        agg = _newest_kept(F.array_sort(F.flatten(F.collect_list(c[ITEMS]))))
+    elif measure == "count":
         agg = F.coalesce(F.sum(c[ROWS]), F.lit(0).cast(T.LongType()))
     elif measure == "sum":
         agg = F.coalesce(F.sum(c[TOTAL]), F.lit(0.0))
     elif measure == "avg":
         values = F.sum(c[VALUES])
         agg = F.when(values > 0, F.sum(c[TOTAL]) / values)
+    elif measure == "median":
+        agg = _median(F.array_sort(F.flatten(F.collect_list(c[LIST]))))
     elif measure == "count_distinct":
         agg = F.size(F.array_distinct(F.flatten(F.collect_list(c[DISTINCT]))))
     elif measure == "last":

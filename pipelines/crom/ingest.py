@@ -30,6 +30,7 @@ from pipelines.config import REPO_ROOT, Profile
 from pipelines.crom import records
 from pipelines.crom.logs import mine_templates
 from pipelines.crom.orders import order_columns
+from pipelines.crom.lifecycle import lifecycle_columns
 from pipelines.crom.parse import Parser
 from pipelines.crom.progress import ProgressListener
 from pipelines.crom.seen import SeenEvents, event_micros, new_events
@@ -419,7 +420,7 @@ class BatchWriter:
         return with_derived(rows, derived) if derived else rows
 
     def _derived_columns(self, source: str) -> list[Column]:
-        """The source's datafied columns that are expressions over its row (text, orders, web),
+        """The source's datafied columns that are expressions over its row (text, orders, web, lifecycle),
         built once per job: building them takes thousands of calls into the JVM."""
         datafy, columns = self.directive.sources[source].datafy, []
         if datafy.text is not None:
@@ -432,6 +433,8 @@ class BatchWriter:
             w = datafy.web
             utm = {"source": w.utm_source, "medium": w.utm_medium, "campaign": w.utm_campaign}
             columns += web_columns(w.page, w.referrer, w.user_agent, utm, w.site_hosts)
+        if datafy.lifecycle is not None:
+            columns += lifecycle_columns(datafy.lifecycle.opened, datafy.lifecycle.target_hours, self.time_column)
         return columns
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import statistics
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -193,6 +194,24 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
         assert r["payment_card_last4"] == o["payment_card"][-4:] and len(r["payment_card_token"]) == 64
     assert "payment_card" not in read(tables.silver["transaction"]).columns
 
+    # Tickets became lifecycle facts: hours since the ticket was opened, past its SLA or not,
+    # and the subject's complaint reason; a phone number or email in a subject is masked.
+    raised = {json.loads(e.value)["event_id"]: json.loads(e.value) for e in events if e.source == "ticket" and e.kind in SILVER_KINDS}
+    tickets = read(tables.silver["ticket"]).collect()
+    reasons = {t["subject"]: s.reason for t, s in zip(raised.values(), score_texts([t["subject"] for t in raised.values()]))}
+    assert tickets and {r["status"] for r in tickets} == {"open", "pending", "closed"}
+    for r in tickets:
+        t = raised[r["event_id"]]
+        hours = (datetime.fromisoformat(t["event_time"]) - datetime.fromisoformat(t["opened_at"])).total_seconds() / 3600
+        assert r["hours_open"] == pytest.approx(hours) and r["overdue"] == (hours > t["sla_hours"])
+        assert r["complaint"] and r["complaint_reason"] == reasons[t["subject"]]
+    people = {c.customer_id: c for c in stream.customers}
+    told = {secret for t in raised.values() for secret in (people[t["customer_id"]].phone, people[t["customer_id"]].email) if secret in t["subject"]}
+    stored = " ".join(r["subject"] for r in tickets)
+    assert told and "on <phone>." in stored and "is <email>." in stored
+    for text in [stored] + [" ".join(r[0] or "" for r in read(path).select("payload").collect()) for path in (tables.bronze, tables.quarantine)]:
+        assert not any(secret in text for secret in told)
+
     # Nothing new: a rerun adds nothing anywhere.
     _ingest(spark, profile, directives)
     assert read(tables.bronze).count() == FIRST
@@ -277,9 +296,39 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
     inquired = Counter(v["customer_id"] for v in visits if v["customer_id"] and v["page"].startswith("/support") and recent(v))
     assert inquired and all(params[c]["inquiries_30d"] == n for c, n in inquired.items())
     assert sum(r["inquiries_30d"] or 0 for r in params.values()) == sum(inquired.values())
+    # Service tickets: open as of as_of when the ticket's newest event is not a closing; in 90
+    # days, the tickets with an event after their SLA, and the median hours to close them.
+    ticket_events = sorted((json.loads(e.value) for e in events + more if e.kind == "valid" and e.source == "ticket"), key=lambda t: t["event_time"])
+    ticket_now = {t["ticket_id"]: t for t in ticket_events}
+    hours_open = lambda t: (datetime.fromisoformat(t["event_time"]) - datetime.fromisoformat(t["opened_at"])).total_seconds() / 3600  # noqa: E731
+    last_90 = [t for t in ticket_events if _day(t) > as_of - timedelta(days=90)]
+    still_open = Counter(t["customer_id"] for t in ticket_now.values() if t["status"] != "closed")
+    breached = defaultdict(set)
+    raised_90 = defaultdict(set)
+    to_resolve = defaultdict(list)
+    for t in last_90:
+        raised_90[t["customer_id"]].add(t["ticket_id"])
+        if hours_open(t) > t["sla_hours"]:
+            breached[t["customer_id"]].add(t["ticket_id"])
+        if t["status"] == "closed":
+            to_resolve[t["customer_id"]].append(hours_open(t))
+    assert still_open and breached and to_resolve and len(breached) < len(raised_90)
+    assert {c: r["open_tickets"] for c, r in params.items() if r["open_tickets"]} == dict(still_open)
+    assert {c: r["tickets_90d"] for c, r in params.items() if r["tickets_90d"]} == {c: len(ids) for c, ids in raised_90.items()}
+    assert {c: r["sla_breaches_90d"] for c, r in params.items() if r["sla_breaches_90d"]} == {c: len(ids) for c, ids in breached.items()}
+    medians = {c: r["median_hours_to_resolve_90d"] for c, r in params.items() if r["median_hours_to_resolve_90d"] is not None}
+    assert medians == pytest.approx({c: statistics.median(hours) for c, hours in to_resolve.items()})
     # Breakdowns: per complaint reason (every complaint, identified or not) and per channel.
     by_reason = read(run.breakdowns["by_complaint_reason"]).collect()
     assert sum(r["complaints_30d"] for r in by_reason) == sum(1 for p in posts if p["text"] in complaints and recent(p))
+    reason_of = {k: s.reason for k, s in zip(ticket_now, score_texts([t["subject"] for t in ticket_now.values()]))}
+    open_by_reason = Counter(reason_of[k] for k, t in ticket_now.items() if t["status"] != "closed")
+    assert {r["complaint_reason"]: r["open_tickets"] for r in by_reason if r["open_tickets"]} == dict(open_by_reason)
+    month = [t for t in ticket_events if recent(t)]
+    for column, kept in (("tickets_30d", lambda t: True), ("sla_breaches_30d", lambda t: hours_open(t) > t["sla_hours"])):
+        counted = Counter(reason for reason, _ in {(reason_of[t["ticket_id"]], t["ticket_id"]) for t in month if kept(t)})
+        assert {r["complaint_reason"]: r[column] for r in by_reason if r[column]} == dict(counted), column
+    assert all(r["sla_breach_rate_30d"] == pytest.approx(r["sla_breaches_30d"] / r["tickets_30d"]) for r in by_reason if r["tickets_30d"])
     assert all(r["complaints_7d"] <= r["complaints_30d"] and r["complainants_30d"] <= r["complaints_30d"] for r in by_reason)
     by_channel = {r["channel"]: r for r in read(run.breakdowns["by_channel"]).collect()}
     assert {c: r["orders_90d"] for c, r in by_channel.items() if r["orders_90d"]} == Counter(o["channel"] for o in in_window)
@@ -361,6 +410,8 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
     assert kpis["repeat_purchase_rate"]["value"] == pytest.approx(sum(1 for c in freq if freq[c] >= 2) / buyers)
     positive, negative = (sum(by_label[label].values()) for label in ("positive", "negative"))
     assert kpis["net_sentiment"]["value"] == pytest.approx((positive - negative) / (positive + negative))
+    with_tickets = [c for c in raised_90]
+    assert kpis["service_satisfaction"]["value"] == pytest.approx(sum(c not in breached for c in with_tickets) / len(with_tickets))
     # V1-V5: a verdict per KPI and V, and a report with a curve for each.
     assert {(c["kpi"], c["v"]) for c in result.validity} == {(k, v) for k in kpis for v in ("V1", "V2", "V3", "V4", "V5")}
     assert {c["verdict"] for c in result.validity} <= {"resolved", "sensitive", "unresolved"}
@@ -373,6 +424,11 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
     recs = read(strategic_table(profile, strategic.directive.id, "recommendations"))
     follow_ups = {r["customer_id"] for r in recs.where(F.col("recommendation") == "complaint_follow_up").collect()}
     assert follow_ups == set(complained)
+    # ... and every valuable customer (expected CLV of 1000 EUR or more) with a ticket past its SLA gets a call.
+    clv = {r["customer_id"]: r["clv"] for r in read(strategic_table(profile, strategic.directive.id, "customers")).collect()}
+    valuable = {c for c in breached if (clv.get(c) or 0) >= 1000}
+    calls = {r["customer_id"] for r in recs.where(F.col("recommendation") == "breached_ticket_follow_up").collect()}
+    assert calls == valuable
     # On the topic, each is keyed by the customer's pseudonym and names no customer id; the
     # identity map (CROM, the operational side) maps the pseudonym back.
     ours = {r["recommendation_id"]: r["customer_id"] for r in recs.collect()}

@@ -239,3 +239,83 @@ def test_orders_are_attributed_to_the_campaign_their_customer_last_arrived_from(
         "campaign_name string, visits_30d long, conversions_30d long, revenue_30d double, buyers_30d int",
     )
     assertDataFrameEqual(got, expected)
+
+
+def _tickets(spark):
+    """Ticket events of two customers (one of them across two days, so partials of several days
+    are added up), with hours_open and overdue as CROM's lifecycle datafication gives them."""
+    rows = [
+        # customer, ticket, event time, status, hours open, SLA hours
+        ("C1", "T1", datetime(2026, 6, 1, 8), "open", 0.0, 24),
+        ("C1", "T1", datetime(2026, 6, 1, 20), "pending", 12.0, 24),
+        ("C1", "T1", datetime(2026, 6, 2, 14), "closed", 30.0, 24),  # closed after its SLA
+        ("C1", "T2", datetime(2026, 6, 29, 9), "open", 0.0, 8),
+        ("C1", "T2", datetime(2026, 6, 29, 11), "closed", 2.0, 8),
+        ("C1", "T3", datetime(2026, 6, 30, 1), "open", 0.0, 8),  # still open
+        ("C2", "T4", datetime(2026, 6, 10, 0), "open", 0.0, 48),
+        ("C2", "T4", datetime(2026, 6, 13, 0), "pending", 72.0, 48),  # past its SLA, still not closed
+        ("C2", "T5", datetime(2026, 6, 20, 0), "open", 0.0, 24),
+        ("C2", "T5", datetime(2026, 6, 20, 6), "closed", 6.0, 24),
+        ("C2", "T6", datetime(2026, 6, 21, 0), "open", 0.0, 24),
+        ("C2", "T6", datetime(2026, 6, 21, 10), "closed", 10.0, 24),
+        ("C2", "T6", datetime(2026, 7, 2, 0), "open", 0.0, 24),  # reopened after as_of: not seen yet
+    ]
+    frame = spark.createDataFrame(rows, "customer_id string, ticket_id string, event_time timestamp, status string, hours_open double, sla_hours long")
+    return {"ticket": frame.withColumn("overdue", F.col("hours_open") > F.col("sla_hours")).withColumn("trust_level", F.lit("high"))}
+
+
+TICKETS = FunctionalDirective.model_validate(
+    {
+        "id": "functional.tickets",
+        "description": "service tickets",
+        "version": 1,
+        "serves": "strategic.t",
+        "parameters": [
+            {"name": "open_tickets", "class": "probe", "source": "ticket", "measure": "count", "latest_per": "ticket_id", "filter": "status <> 'closed'"},
+            {"name": "sla_breaches_90d", "class": "probe", "source": "ticket", "measure": "count_distinct", "column": "ticket_id",
+             "filter": "overdue", "window_days": 90},
+            {"name": "median_hours_to_resolve_90d", "class": "probe", "source": "ticket", "measure": "median", "column": "hours_open",
+             "filter": "status = 'closed'", "window_days": 90},
+            {"name": "median_hours_to_resolve_7d", "class": "probe", "source": "ticket", "measure": "median", "column": "hours_open",
+             "filter": "status = 'closed'", "window_days": 7},
+        ],
+    }
+)
+
+
+def test_ticket_measures_follow_each_tickets_newest_status(spark):
+    daily = silver_partials(_tickets(spark), TICKETS)
+    got = customer_parameters(daily, TICKETS, F.lit(AS_OF))
+    expected = spark.createDataFrame(
+        [("C1", 1, 1, 16.0, 2.0), ("C2", 1, 1, 8.0, None)],  # C1: 30 and 2 hours; C2: 6 and 10
+        "customer_id string, open_tickets long, sla_breaches_90d int, median_hours_to_resolve_90d double, median_hours_to_resolve_7d double",
+    )
+    assertDataFrameEqual(got, expected)
+    # Partials of repeated keys added up (a compaction) give the same numbers.
+    doubled = {"ticket": daily["ticket"].unionByName(daily["ticket"].limit(0))}
+    assertDataFrameEqual(customer_parameters(doubled, TICKETS, F.lit(AS_OF)), expected)
+    # As of June 1 only T1 was seen, and it was pending: open.
+    early = customer_parameters(daily, TICKETS, F.lit(datetime(2026, 6, 1, 23))).collect()
+    assert sorted((r["customer_id"], r["open_tickets"], r["median_hours_to_resolve_90d"]) for r in early) == [("C1", 1, None), ("C2", 0, None)]
+    # After as_of, T6 reopens: two open tickets for C2.
+    later = {r["customer_id"]: r["open_tickets"] for r in customer_parameters(daily, TICKETS, F.lit(datetime(2026, 7, 3))).collect()}
+    assert later == {"C1": 1, "C2": 2}
+
+
+def test_median_of_an_odd_and_an_even_number_of_values(spark):
+    from pipelines.crfm.parameters import _median
+
+    rows = spark.createDataFrame([([1.0, 2.0, 9.0],), ([1.0, 3.0, 4.0, 10.0],), ([],)], "v array<double>")
+    assert [r[0] for r in rows.select(_median(F.array_sort("v"))).collect()] == [2.0, 3.5, None]
+
+
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ({"measure": "sum", "column": "hours_open", "latest_per": "ticket_id"}, "latest_per counts items"),
+        ({"measure": "count", "column": "hours_open", "latest_per": "ticket_id"}, "latest_per counts items"),
+    ],
+)
+def test_latest_per_is_a_count_of_items(param, message):
+    with pytest.raises(ValueError, match=message):
+        FunctionalDirective.model_validate({**TICKETS.model_dump(by_alias=True), "parameters": [{"name": "x", "class": "probe", "source": "ticket", **param}]})

@@ -39,7 +39,7 @@ def test_real_chain_loads(directives):
     operational = directives.only("operational").directive
     assert functional.serves == strategic.id
     assert operational.serves == functional.id
-    assert set(operational.sources) == {"web", "social", "log", "transaction"}
+    assert set(operational.sources) == {"web", "social", "log", "transaction", "ticket"}
     assert set(directives.schemas) == set(operational.sources)
 
 
@@ -181,11 +181,33 @@ def test_impact_follows_parameters_through_the_purchase_model_to_the_kpis(direct
         b.name for b in directives.only("functional").directive.breakdowns if any(p.source == "social" for p in b.parameters)
     }
     assert "cross_sell_candidate" in {r for _, r in social.rules}  # complaints_30d
-    # The currency rule protects monetary_sum_90d, which both of these rules read.
-    assert {r for _, r in found.rules} == {"valuable_customer_at_risk", "complaint_follow_up"}
+    # The currency rule protects monetary_sum_90d, which two of these rules read, and the
+    # spend the purchase model's clv comes from, which the third reads.
+    assert {r for _, r in found.rules} == {"valuable_customer_at_risk", "complaint_follow_up", "breached_ticket_follow_up"}
     assert found.breakdowns == []  # it protects no breakdown's parameter
     with pytest.raises(CrmError, match="'fax' is neither an expectation nor a topic"):
         impact(directives, "fax")
+
+
+def test_lifecycle_of_a_field_that_is_no_time_is_refused(tree: Path):
+    path = tree / "operational" / "ingest_events.yaml"
+    _edit(path, lambda d: d["sources"]["ticket"]["datafy"]["lifecycle"].update(opened="subject"))
+    with pytest.raises(CrmError, match=r"sources.ticket.datafy.lifecycle.opened: 'subject' is not a timestamp field of ticket.v1"):
+        _load(tree)
+
+
+def test_latest_per_names_a_column_of_the_source(tree: Path):
+    path = tree / "functional" / "customer_metrics.yaml"
+    _edit(path, lambda d: next(p for p in d["parameters"] if p["name"] == "open_tickets").update(latest_per="ticket"))
+    with pytest.raises(CrmError, match=r"\(open_tickets\): latest_per: 'ticket' is not a column of ticket.v1's silver table"):
+        _load(tree)
+
+
+def test_impact_of_the_ticket_source_reaches_service_kpis_and_follow_ups(directives):
+    found = impact(directives, "crm.ticket")
+    assert {kpi for _, kpi in found.kpis} == {"service_satisfaction"}
+    assert {r for _, r in found.rules} == {"breached_ticket_follow_up"}
+    assert {b for _, b in found.breakdowns} == {"by_complaint_reason"}
 
 
 def test_log_layout_without_content_is_refused(tree: Path):

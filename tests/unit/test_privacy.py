@@ -59,6 +59,7 @@ def test_processes_creating_the_key_at_once_all_get_the_same_one(tmp_path, monke
     [
         ("call +44 20 7946 0991 today", "call <phone> today"),
         ("call 020 7946 0991 today", "call <phone> today"),
+        ("call me back on +49 151 68263920.", "call me back on <phone>."),  # as many digits as a card
         ("call 0151 12345678 today", "call <phone> today"),
         ("call (415) 555-2671 or 415-555-2671", "call <phone> or <phone>"),
         ("card 4111 1111 1111 1111, exp 12/27", "card <card>, exp 12/27"),

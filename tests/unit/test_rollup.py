@@ -47,6 +47,8 @@ def _directive(serves: str) -> FunctionalDirective:
                 transaction_param("m", "repeat_avg", column="amount"),
                 transaction_param("big_share_30d", "ratio", window_days=30, filter="amount > 50"),
                 transaction_param("next_7d", "count", holdout_days=7),
+                transaction_param("median_30d", "median", column="amount", window_days=30),
+                transaction_param("big_now", "count", latest_per="channel", filter="amount > 50"),  # channels whose newest order is big
                 {"name": "posts_30d", **social, "measure": "count", "window_days": 30},
                 {"name": "last_post_channel", **social, "measure": "last", "column": "channel"},
             ],
