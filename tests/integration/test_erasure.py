@@ -147,8 +147,11 @@ def test_forget_leaves_nothing_of_three_customers_and_the_streams_go_on(spark, l
         text = e.value.decode()
         for c in {json.loads(text).get("customer_id")} | set(re.findall(r"C\d{6}", text)) - {None}:
             seen_in.setdefault(c, set()).add(e.source)
-    customers = sorted(c for c, where in seen_in.items() if where == set(sources))[:3]  # each in every source
-    assert len(customers) == 3
+    # Together in every source: two customers in each source but tickets, which are a twentieth
+    # of the events, and the ticket raiser seen in the most sources.
+    customers = sorted(c for c, where in seen_in.items() if where >= set(sources) - {"ticket"})[:2]
+    customers.append(min((c for c, where in seen_in.items() if "ticket" in where), key=lambda c: (-len(seen_in[c]), c)))
+    assert len(set(customers)) == 3 and set().union(*(seen_in[c] for c in customers)) == set(sources)
     identifiers = _identifiers(events, set(customers), hmac_key(profile.cache))
     roots = [profile.lakehouse, profile.checkpoints]
     assert len(_leaks(roots, identifiers)) > 20  # the scan finds them before: it can
