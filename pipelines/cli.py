@@ -380,7 +380,8 @@ def cmd_directives(args, profile: Profile) -> int:
             print(f"  <- {f.directive.id} v{f.directive.version}{as_of}  ({f.path.relative_to(profile.directives.parent)})")
             for p in f.directive.parameters:
                 window = f", {p.window_days}d" if p.window_days else f", {p.holdout_days}d after as_of" if p.holdout_days else ""
-                print(f"       param {p.name} = {p.measure}({p.column or '*'}{window}) from {p.source}")
+                what = p.column or (f"{p.latest_per}s by their newest event" if p.latest_per else "*")
+                print(f"       param {p.name} = {p.measure}({what}{window}) from {p.source}")
             for o in (o for o in directives.operational.values() if o.directive.serves == f.directive.id):
                 print(f"       <- {o.directive.id} v{o.directive.version}  ({o.path.relative_to(profile.directives.parent)})")
                 for src in o.directive.sources.values():

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -57,6 +56,7 @@ from pipelines.crfm.parameters import (
 from pipelines.crfm.rollup import PartialsState
 from pipelines.crfm.segments import SavedFit, apply, check_scores, feature_stats, fit, refit_reason, scores
 from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded, Validity
+from pipelines.files import replace_atomically
 from pipelines.lakehouse import table_version
 from pipelines.tables import functional_table, silver_table
 from pipelines.timing import describe, timed
@@ -240,6 +240,8 @@ def _segments(
     segmentation, grain = directive.segmentation, directive.grain
     customers = spark.read.format("delta").load(customers_path)
     kept = saved.load() if change is not None else None
+    if kept is not None and not customers_changed:
+        return  # the same customers as of the same day: the saved fit is not due, its scores stand
     stats = feature_stats(customers, segmentation)
     if kept is None:
         reason = "computed whole" if change is None else "no saved fit"
@@ -394,10 +396,7 @@ class CurrentRecord:
         if versions is not None and sum(versions.values()) != run.source_version:
             versions = None
         saved = {"fingerprint": self.fingerprint, "silver_versions": versions, "tables": tables, "run": asdict(run), "rolled_up": rolled_up.to_json()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps(saved, indent=1))
-        os.replace(partial, self.path)
+        replace_atomically(self.path, json.dumps(saved, indent=1).encode())
 
 
 def _versions(tables: dict[str, str]) -> dict[str, int]:

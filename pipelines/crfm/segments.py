@@ -12,7 +12,6 @@ directive's `refit` says (after some days of as_of, or when a parameter's mean d
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -27,6 +26,7 @@ from pyspark.sql import functions as F
 from pipelines.crfm.parameters import analysis_error
 from pipelines.directives import Clustering, Refit, RfmScores, Segmentation
 from pipelines.errors import CrmError
+from pipelines.files import replace_atomically
 
 QUANTILE_ERROR = 0.001
 
@@ -222,10 +222,7 @@ class SavedFit:
             return None  # none yet, or unreadable: the next run fits again
 
     def save(self, fitted: Fitted, as_of: date, stats: dict) -> None:
-        """Written to a temporary file and renamed, so never half-written."""
+        """Never half-written (replace_atomically)."""
         clusters = asdict(fitted.clusters) if fitted.clusters else None
         saved = {"fingerprint": self.fingerprint, "as_of": as_of.isoformat(), "edges": fitted.edges, "clusters": clusters, "stats": stats}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / "fit.json.tmp"
-        partial.write_text(json.dumps(saved, indent=1))
-        os.replace(partial, self.folder / "fit.json")
+        replace_atomically(self.folder / "fit.json", json.dumps(saved, indent=1).encode())

@@ -28,9 +28,9 @@ from pyspark.util import inheritable_thread_target
 
 from pipelines.config import REPO_ROOT, Profile
 from pipelines.crom import records
+from pipelines.crom.lifecycle import lifecycle_columns
 from pipelines.crom.logs import mine_templates
 from pipelines.crom.orders import order_columns
-from pipelines.crom.lifecycle import lifecycle_columns
 from pipelines.crom.parse import Parser
 from pipelines.crom.progress import ProgressListener
 from pipelines.crom.seen import SeenEvents, event_micros, new_events

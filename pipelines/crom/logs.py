@@ -15,7 +15,6 @@ mined; the layout's Level field, if any, gives the severity.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from pipelines.derived_fields import TEMPLATE_FIELDS
+from pipelines.files import replace_atomically
 from pipelines.line_layout import LineLayout
 
 _LEFT = r"(?<![A-Za-z0-9_.])"  # a mask starts at a token boundary...
@@ -130,12 +130,7 @@ class AtomicFilePersistence(PersistenceHandler):
         self.path = path
 
     def save_state(self, state: bytes) -> None:
-        partial = self.path.with_name(f".{self.path.name}.partial")
-        with partial.open("wb") as handle:
-            handle.write(state)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, self.path)
+        replace_atomically(self.path, state)
 
     def load_state(self) -> bytes | None:
         return self.path.read_bytes() if self.path.exists() else None

@@ -329,6 +329,12 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
         counted = Counter(reason for reason, _ in {(reason_of[t["ticket_id"]], t["ticket_id"]) for t in month if kept(t)})
         assert {r["complaint_reason"]: r[column] for r in by_reason if r[column]} == dict(counted), column
     assert all(r["sla_breach_rate_30d"] == pytest.approx(r["sla_breaches_30d"] / r["tickets_30d"]) for r in by_reason if r["tickets_30d"])
+    resolved = defaultdict(list)
+    for t in month:
+        if t["status"] == "closed":
+            resolved[reason_of[t["ticket_id"]]].append(hours_open(t))
+    got = {r["complaint_reason"]: r["median_hours_to_resolve_30d"] for r in by_reason if r["median_hours_to_resolve_30d"] is not None}
+    assert resolved and got == pytest.approx({reason: statistics.median(hours) for reason, hours in resolved.items()})
     assert all(r["complaints_7d"] <= r["complaints_30d"] and r["complainants_30d"] <= r["complaints_30d"] for r in by_reason)
     by_channel = {r["channel"]: r for r in read(run.breakdowns["by_channel"]).collect()}
     assert {c: r["orders_90d"] for c, r in by_channel.items() if r["orders_90d"]} == Counter(o["channel"] for o in in_window)
