@@ -657,8 +657,10 @@ def _check_lifecycle(where: str, lifecycle: LifecycleFacts, schema: EventSchema)
     wanted = {"opened": (T.TimestampType(),), "target_hours": (T.LongType(), T.IntegerType(), T.DoubleType())}
     for key, types in wanted.items():
         name = getattr(lifecycle, key)
-        field = schema.field(name) if name is not None else None
-        if name is not None and (field is None or field.spark_type not in types):
+        if name is None:
+            continue
+        field = schema.field(name)
+        if field is None or field.spark_type not in types:
             raise CrmError(f"{where}.{key}: {name!r} is not a {' or '.join(t.simpleString() for t in types)} field of {schema.name}")
 
 

@@ -5,19 +5,20 @@ parameters are then rolled up from those partials, so old events are never re-re
 the keys the new partials can change are rolled up again and MERGEd into the tables
 (rollup.py); the tables are computed whole on a first run, after the partials were rebuilt
 or lost rows, or for a new version of the directive. `source_version` in the output records
-what a row was last computed from. When the strategic directive it serves asks for validity checks, `<table>_variants`
-holds the parameters re-measured for them (see parameter_variants); with `segmentation`,
-`<table>_segments` holds RFM scores, segments, k-means clusters and scores; each breakdown
-`by_<grain>` has its own partials and table `<table>_by_<grain>` (with its scores), with the
-same as_of. A new version of the directive recomputes them all, even on the same silver data.
-The tables after the customer parameters are independent of each other, so they are built
-together (STEPS_AT_ONCE at a time) and their step times overlap.
+what a row was last computed from. When the strategic directive it serves asks for
+validity checks, `<table>_variants` holds the parameters re-measured for them (see
+parameter_variants); with `segmentation`, `<table>_segments` holds RFM scores, segments,
+k-means clusters and scores; each breakdown `by_<grain>` has its own partials and table
+`<table>_by_<grain>` (with its scores), with the same as_of. A new version of the directive
+recomputes them all, even on the same silver data. The tables after the customer parameters
+are independent of each other, so they are built together (STEPS_AT_ONCE at a time) and
+their step times overlap.
 
 A finished run records what it was computed from (`current.json` beside the partials'
 checkpoints): the silver versions, a fingerprint of the directive, the as_of day and the
-partials' and tables' Delta versions (RolledUp), which the next roll-up starts from. A scheduled run that
-finds the same versions (read from the Delta logs by delta-rs) and the same fingerprint has
-nothing to do, and returns without a Spark job.
+partials' and tables' Delta versions (RolledUp), which the next roll-up starts from. A
+scheduled run that finds the same versions (read from the Delta logs by delta-rs) and the
+same fingerprint has nothing to do, and returns without a Spark job.
 """
 
 from __future__ import annotations
