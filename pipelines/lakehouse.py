@@ -37,7 +37,7 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, checkpoin
     if checkpoint_interval is not None:
         wanted[CHECKPOINT_INTERVAL_PROPERTY] = str(checkpoint_interval)
     if DeltaTable.isDeltaTable(spark, path):
-        properties = DeltaTable.forPath(spark, path).detail().first()["properties"]
+        properties = table_properties(spark, path)
         changed = {k: v for k, v in wanted.items() if properties.get(k) != v}
         if changed:
             settings = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
@@ -59,9 +59,15 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, checkpoin
     create.execute()
 
 
+def table_properties(spark: SparkSession, path: str) -> dict[str, str]:
+    """The table properties of an existing Delta table, read from its metadata alone
+    (`DeltaTable.detail()` also lists every data file, a Spark job per table)."""
+    return {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+
+
 def table_property(spark: SparkSession, path: str, key: str) -> str | None:
     """A table property of an existing Delta table, or None when it is not set."""
-    return DeltaTable.forPath(spark, path).detail().first()["properties"].get(key)
+    return table_properties(spark, path).get(key)
 
 
 def table_version(spark: SparkSession, path: str) -> int:
