@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import deltalake
 from delta.tables import DeltaMergeBuilder, DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -70,11 +71,13 @@ def table_property(spark: SparkSession, path: str, key: str) -> str | None:
     return table_properties(spark, path).get(key)
 
 
-def table_version(spark: SparkSession, path: str) -> int:
-    """The latest Delta version of a CROM table another job reads; a clear error if ingest never ran."""
-    if not DeltaTable.isDeltaTable(spark, path):
-        raise CrmError(f"table {path} does not exist yet; run `crm ingest --until-caught-up` first")
-    return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
+def table_version(path: str) -> int:
+    """The latest Delta version of a table another job reads, from its log by delta-rs (no
+    Spark job); a clear error if ingest never wrote it."""
+    try:
+        return deltalake.DeltaTable(path).version()
+    except deltalake.exceptions.TableNotFoundError:
+        raise CrmError(f"table {path} does not exist yet; run `crm ingest --until-caught-up` first") from None
 
 
 def overwrite_unless_current(spark: SparkSession, path: str, source_version: int, build, force: bool = False) -> bool:

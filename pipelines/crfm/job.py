@@ -34,7 +34,6 @@ from functools import cache, cached_property
 from pathlib import Path
 
 import deltalake
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -57,6 +56,7 @@ from pipelines.crfm.parameters import (
 from pipelines.crfm.rollup import PartialsState
 from pipelines.crfm.segments import SavedFit, apply, check_scores, feature_stats, fit, refit_reason, scores
 from pipelines.directives import DirectiveSet, FunctionalDirective, Loaded, Validity
+from pipelines.errors import CrmError
 from pipelines.files import replace_atomically
 from pipelines.lakehouse import table_version
 from pipelines.tables import functional_table, silver_table
@@ -100,7 +100,7 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         log.info("CRFM %s: up to date, silver has no new version", directive.id)
         return replace(done, phases={"check": time.monotonic() - started})
     # Versions only grow, so their sum identifies the input state and grows with it.
-    source_version = sum(table_version(spark, p) for p in paths.values())
+    source_version = sum(table_version(p) for p in paths.values())
     schemas = {s: spark.read.format("delta").load(p).schema for s, p in paths.items()}
     for part, each in measured.items():
         where = f"{functional.path}" + (f": breakdowns ({part})" if part else "")
@@ -316,8 +316,8 @@ def _from_as_of(measured: FunctionalDirective) -> list[str]:
 
 def _delta_version(path: str) -> int | None:
     try:
-        return deltalake.DeltaTable(path).version()
-    except deltalake.exceptions.DeltaError:  # TableNotFoundError among them
+        return table_version(path)
+    except (CrmError, deltalake.exceptions.DeltaError):  # not written yet, or unreadable
         return None
 
 
@@ -338,7 +338,7 @@ class RolledUp:
 
     @classmethod
     def now(cls, as_of: date | None, partials: list[str], tables: list[str]) -> RolledUp:
-        return cls(as_of, {p: PartialsState.of(p) for p in partials}, {t: deltalake.DeltaTable(t).version() for t in tables})
+        return cls(as_of, {p: PartialsState.of(p) for p in partials}, {t: table_version(t) for t in tables})
 
     def to_json(self) -> dict:
         return {"as_of": self.as_of and self.as_of.isoformat(), "partials": {p: asdict(s) for p, s in self.partials.items()}, "tables": self.tables}
@@ -401,5 +401,4 @@ class CurrentRecord:
 
 
 def _versions(tables: dict[str, str]) -> dict[str, int]:
-    """Each table's latest Delta version, read from its log by delta-rs: no Spark job."""
-    return {name: deltalake.DeltaTable(path).version() for name, path in tables.items()}
+    return {name: table_version(path) for name, path in tables.items()}

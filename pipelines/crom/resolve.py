@@ -58,7 +58,7 @@ def run_identities(spark: SparkSession, profile: Profile, operational: Loaded, s
     sources = _customer_key_sources(operational, schemas)
     if not sources:
         raise CrmError(f"{operational.path}: no source's schema marks a customer key (x-crm-key), so there is nothing to resolve")
-    source_version = sum(table_version(spark, tables.silver[s]) for s in sources)  # versions only grow
+    source_version = sum(table_version(tables.silver[s]) for s in sources)  # versions only grow
 
     def identity_map() -> DataFrame:
         read = lambda s: spark.read.format("delta").load(tables.silver[s])  # noqa: E731
@@ -101,7 +101,7 @@ def run_web_sessions(spark: SparkSession, profile: Profile, operational: Loaded,
         visitor_field = schemas[source].field(web.visitor)
         visitor = hashed_name(web.visitor) if visitor_field.pii == "hmac" else web.visitor
         out = tables.web_sessions[source]
-        identities = table_version(spark, tables.identity_map) if visitor_field.identity else 0
+        identities = table_version(tables.identity_map) if visitor_field.identity else 0
 
         def build(source=source, visitor=visitor, gap=web.session_gap_minutes, kind=visitor_field.identity) -> DataFrame:
             events = spark.read.format("delta").load(tables.silver[source]).select(visitor, time_column, "event_id", "page_path", "is_bot")
@@ -115,7 +115,7 @@ def run_web_sessions(spark: SparkSession, profile: Profile, operational: Loaded,
             )
             return per_session.join(customers, visitor, "left")
 
-        rebuilt = overwrite_unless_current(spark, out, table_version(spark, tables.silver[source]) + identities, build)
+        rebuilt = overwrite_unless_current(spark, out, table_version(tables.silver[source]) + identities, build)
         totals = (
             spark.read.format("delta").load(out)
             .agg(F.count(F.lit(1)), F.count_distinct(visitor), F.count(F.when(F.col("is_bot"), 1)))
