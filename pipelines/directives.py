@@ -450,7 +450,7 @@ class Source(_Strict):
 
 class Watermark(_Strict):
     column: str = "event_time"
-    delay_hours: int = Field(ge=1, description="Events older than the newest seen minus this are late.")
+    delay_hours: int = Field(ge=1, description="An event more than this behind the newest event before it in its Kafka partition is late.")
     max_future_skew_hours: float = Field(
         default=24, gt=0, description="An event time further ahead of its Kafka timestamp is quarantined (event_time_in_future); a source may set its own."
     )

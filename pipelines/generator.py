@@ -484,11 +484,14 @@ class Manifest:
         return sum(n for (s, k), n in self.by_source_kind.items() if k in kinds and (source is None or s == source))
 
 
-def _produce_slice(kafka: KafkaSettings, stream: EventStream, indices: range, rate: float | None, sent) -> Counter:
-    """One worker: send the events of `indices`, adding to the shared `sent` counter."""
+def _produce_slice(kafka: KafkaSettings, stream: EventStream, indices: range, rate: float | None, sent, share: tuple[int, int]) -> Counter:
+    """Worker k of n (`share`): send the events of `indices` that fall in its Kafka partitions,
+    adding to the shared `sent` counter. Each partition has one worker, which sends its events
+    in order, as a keyed producer does: CROM judges lateness by each partition's own order."""
     import logging
 
     from kafka import KafkaProducer
+    from kafka.partitioner.default import murmur2
 
     from pipelines.connection import connect
 
@@ -502,24 +505,33 @@ def _produce_slice(kafka: KafkaSettings, stream: EventStream, indices: range, ra
         compression_type="lz4",  # halves the bytes; kafka-python is CPU-bound per record
         max_request_size=2 * 1024 * 1024,
     )
+    k, n = share
+    topics = sorted(set(stream.topics.values()))
+    partitions = {t: sorted(producer.partitions_for(t)) for t in topics}
     manifest = Manifest()
-    started = time.monotonic()
+    started, done = time.monotonic(), 0
     try:
-        for n, event in enumerate(map(stream.event, indices), 1):
-            producer.send(event.topic, key=event.key, value=event.value)
+        for position, event in enumerate(map(stream.event, indices), 1):
+            # Kafka's default partitioner for a keyed record, so a customer's events share a partition
+            ours = partitions[event.topic]
+            partition = ours[(murmur2(event.key) & 0x7FFFFFFF) % len(ours)]
+            if (topics.index(event.topic) + partition) % n != k:
+                continue
+            producer.send(event.topic, key=event.key, value=event.value, partition=partition)
             manifest.add(event)
-            if n % 1000 == 0:
+            done += 1
+            if done % 1000 == 0:
                 with sent.get_lock():
                     sent.value += 1000
             if rate:
-                ahead = n / rate - (time.monotonic() - started)
+                ahead = position / rate - (time.monotonic() - started)
                 if ahead > 0:
-                    time.sleep(ahead)  # pacing the producer to --rate
+                    time.sleep(ahead)  # pacing every worker to --rate through the same events
         producer.flush()
     finally:
         producer.close()
     with sent.get_lock():
-        sent.value += len(indices) % 1000
+        sent.value += done % 1000
     return manifest.by_source_kind
 
 
@@ -535,9 +547,9 @@ def produce(
     """Send events [start, start+count) with kafka-python from parallel worker processes.
 
     kafka-python spends most of its time under the GIL, so each worker is a process with its
-    own producer. Worker k of n sends events start+k, start+k+n, ..., so that event time
-    advances evenly in every partition, as it would from live producers. Returns the
-    merged manifest.
+    own producer. Each Kafka partition has one worker, which sends its events in order, so
+    event time advances in every partition as it would from a live keyed producer. Returns
+    the merged manifest.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -551,7 +563,7 @@ def produce(
     # A worker that dies raises BrokenProcessPool here instead of hanging the caller.
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_share_counter, initargs=(sent,)) as pool:
         pending = {
-            pool.submit(_produce_slice_shared, kafka, stream, range(start + k, start + count, workers), rate / workers if rate else None)
+            pool.submit(_produce_slice_shared, kafka, stream, range(start, start + count), rate, (k, workers))
             for k in range(workers)
         }
         while pending:
@@ -574,5 +586,5 @@ def _share_counter(counter) -> None:
     _sent = counter
 
 
-def _produce_slice_shared(kafka: KafkaSettings, stream: EventStream, indices: range, rate: float | None) -> Counter:
-    return _produce_slice(kafka, stream, indices, rate, _sent)
+def _produce_slice_shared(kafka: KafkaSettings, stream: EventStream, indices: range, rate: float | None, share: tuple[int, int]) -> Counter:
+    return _produce_slice(kafka, stream, indices, rate, _sent, share)

@@ -2,7 +2,8 @@
 
 `crm replay DATASET --path DIR` sends each record of a data set to its source's topic:
 
-- airline-tweets (tweets_dev.csv) -> social: one post per tweet, by its author's handle;
+- airline-tweets (tweets_dev.csv) -> social: one post per tweet, by its author's handle, in
+  the order they were posted;
 - apache-access (apache_logs, combined format) -> web: one page view per request;
 - loghub (<System>/<System>_2k.log) -> log: one event per line, the system as host and service;
 - cdnow (CDNOW_master.txt) and cdnow-sample (CDNOW_sample.txt, the 1/10 sample of the
@@ -17,9 +18,8 @@ Only what the data holds is sent; a field it lacks is null, never made up:
   as a log shipper stamps lines it reads; the line keeps its own time in its text.
 - CDNOW purchases have a date, a CD count and a dollar value: one line item of that many
   CDs, no email, phone, country or age band. They are sent in date order. The 18 months
-  they span are longer than the shipped directive's watermark delay, so under it CROM keeps
-  the older ones in late_events (counted, not lost); the `cdnow` profile's directives
-  (directives/cdnow) take them as the backfill they are.
+  they span are no problem for CROM's watermark, which follows each partition's own order;
+  the `cdnow` profile's directives (directives/cdnow) take them as the backfill they are.
 
 Event ids are `replay-<dataset>:<file>:<line>`, so replaying a file twice gives the same ids,
 which CROM then counts as duplicates instead of storing twice.
@@ -106,25 +106,31 @@ def apache_access(root: Path) -> Iterator[Replayed]:
 
 
 def airline_tweets(root: Path) -> Iterator[Replayed]:
+    """Tweets in the order they were posted, as a live feed would send them (the file is not)."""
     path = _expect(root / "tweets_dev.csv")
     with path.open(encoding="utf-8", newline="") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):  # line 1 is the header
-            where = f"{path.name}:{number}"
-            try:
-                when = datetime.strptime(row["tweet_created"], "%d-%m-%Y %H:%M").replace(tzinfo=timezone.utc)
-            except (TypeError, ValueError):
-                problem = f"tweet_created {row.get('tweet_created')!r} is not DD-MM-YYYY HH:MM"
-                yield Replayed(where, "social", None, problem, json.dumps(row))
-                continue
-            yield Replayed(where, "social", _base("airline-tweets", "social", where, when) | {
-                "customer_id": None,
-                "handle": "@" + row["name"],
-                "channel": "twitter",
-                "kind": "post",
-                "text": row["text"],
-                "in_reply_to": None,
-                "likes": None,
-            })  # fmt: skip
+        rows = list(enumerate(csv.DictReader(handle), start=2))  # line 1 is the header
+    posted = {}
+    for number, row in rows:
+        try:
+            posted[number] = datetime.strptime(row["tweet_created"], "%d-%m-%Y %H:%M").replace(tzinfo=timezone.utc)
+        except (TypeError, ValueError):
+            pass
+    for number, row in sorted(rows, key=lambda numbered: (posted.get(numbered[0], datetime.min.replace(tzinfo=timezone.utc)), numbered[0])):
+        where = f"{path.name}:{number}"
+        if number not in posted:
+            problem = f"tweet_created {row.get('tweet_created')!r} is not DD-MM-YYYY HH:MM"
+            yield Replayed(where, "social", None, problem, json.dumps(row))
+            continue
+        yield Replayed(where, "social", _base("airline-tweets", "social", where, posted[number]) | {
+            "customer_id": None,
+            "handle": "@" + row["name"],
+            "channel": "twitter",
+            "kind": "post",
+            "text": row["text"],
+            "in_reply_to": None,
+            "likes": None,
+        })  # fmt: skip
 
 
 def loghub(root: Path) -> Iterator[Replayed]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 
 def transaction_param(name: str, measure: str, **more) -> dict:
@@ -51,6 +53,23 @@ def read_topic(bootstrap: str, topic: str, expected: int, deadline_s: float = 60
     finally:
         consumer.close()
     return records
+
+
+def late_by_stream_time(records, valid: set[bytes], delay: timedelta, time_field: str = "event_time") -> set[bytes]:
+    """The oracle for CROM's late table: the values of the Kafka `records` (ConsumerRecords) that
+    are late under the stream-time rule. In each partition, in offset order, a valid record is
+    late when its event time is more than `delay` behind the newest valid record before it;
+    `valid` holds the values CROM accepts (parsed and passing every quarantine rule)."""
+    newest: dict[tuple[str, int], datetime] = {}
+    late = set()
+    for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        if r.value not in valid:
+            continue
+        at, where = datetime.fromisoformat(json.loads(r.value)[time_field]), (r.topic, r.partition)
+        if where in newest and at < newest[where] - delay:
+            late.add(r.value)
+        newest[where] = max(at, newest.get(where, at))
+    return late
 
 
 def spark_jobs_started(spark) -> int:

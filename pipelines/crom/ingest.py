@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
@@ -82,34 +82,26 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class Routed:
-    """A batch routed to its tables: the staged rows with the batch's constants, each source's
-    watermark, the writes of bronze, validation results, quarantine and late, and each
-    source's valid rows for silver (the new ones are found while the writes run)."""
+    """A batch routed to its tables: the writes of bronze, validation results, quarantine and
+    late, and each source's valid rows for silver (the new ones are found while the writes run)."""
 
-    batch: DataFrame
-    constants: DataFrame
-    watermarks: dict[str, datetime | None]
     writes: dict[str, Callable[[], object]]
     silver: dict[str, DataFrame]
 
 
-@dataclass(frozen=True)
-class Written:
-    """What the writes found: rows inserted into silver and late rows, per source."""
-
-    inserted: Counter
-    late: dict[str, int]
+StreamTimes = dict[str, dict[int, datetime | None]]  # source -> Kafka partition -> stream time
 
 
 class BatchWriter:
     """Writes one micro-batch to every CROM table; safe to call twice with the same batch id.
 
     A batch goes through named steps (docs/design/crom.md):
-    - stage: parse, rule conditions and flags, into a local checkpoint; one aggregation then
-      gives every count, GE metric and the newest event time per source;
+    - stage: parse, rule conditions and flags, and each row's watermark (its Kafka partition's
+      stream time minus the delay), into a local checkpoint; one aggregation then gives every
+      count, GE metric and the newest event time per partition;
     - judge: Great Expectations' results; a failed `fail` rule stops the batch before anything
       is written, so it leaves no trace;
-    - route: watermarks, and which rows go to which table;
+    - route: which rows go to which table;
     - write: every table in parallel, the new rows found meanwhile; batch_audit last.
     Each batch's `BatchResult` goes to `on_batch`, if given (the progress listener, the
     bench); the writer keeps none of them.
@@ -142,7 +134,7 @@ class BatchWriter:
             name: sorted({c for r in rules if r.source == name for c in r.rule.columns()}) for name in directive.sources
         }
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
-        self._newest: tuple[int, dict[str, datetime]] = (-2, {})  # (last batch, newest event time per source)
+        self._stream_times: tuple[int, StreamTimes] = (-2, {})  # (last batch, its partitions' stream times after it)
         self.on_batch = on_batch
         # Column expressions are built once: building them costs thousands of JVM calls.
         decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic", "kafka_timestamp")
@@ -157,6 +149,7 @@ class BatchWriter:
             lambda source: self.validator.failed_rules(source, "warn"),
             self.time_column,
         )
+        self.stream_time = records.stream_time_columns(self.topics, self.time_column, self.delay)
         self.totals = self._totals()
         self.sentiment_models = {
             name: load_model(profile.sentiment_model)
@@ -194,20 +187,25 @@ class BatchWriter:
         """Kafka rows -> parsed, with rule columns, failed quarantine rules and warn flags."""
         return records.stage(self.parser(records.decode(batch)), self.stage_columns)
 
+    def _staged(self, batch: DataFrame, constants: DataFrame) -> DataFrame:
+        """`stage`, then the batch's constants and each row's watermark."""
+        return with_constants(self.stage(batch), constants).withColumns(self.stream_time)
+
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = self._started = time.monotonic()
         self.phases, self.table_seconds, self.table_finished = {}, {}, {}
+        before = self._stream_times_before(batch_id)
+        constants = records.batch_constants(self.spark, batch_id, self._watermarks(before), before)
         # A local checkpoint cuts the large parse plan off: every write below plans in
         # milliseconds instead of re-optimising it (several seconds a batch when persisted).
         # One task per core, not per Kafka partition: every task of every job generates code
         # for the wide parsed row, which costs more than a small batch's data.
         with self._phase("parse+validate"):
-            staged = self.stage(batch.coalesce(self.spark.sparkContext.defaultParallelism)).localCheckpoint(eager=True)
+            staged = self._staged(batch.coalesce(self.spark.sparkContext.defaultParallelism), constants).localCheckpoint(eager=True)
         try:
             with self._phase("parse+validate"):
                 totals = staged.agg(*self.totals).first()
-            records_in_batch = sum(totals[f"records_{s}"] for s in self.topics.values())
-            counts = self._write(staged, totals, records_in_batch, batch_id)
+            counts = self._write(staged, constants, totals, self._advance(before, totals, batch_id), batch_id)
         finally:
             staged.unpersist()
         silver_done = [s for name, s in self.table_finished.items() if name.startswith("silver ")]
@@ -241,14 +239,17 @@ class BatchWriter:
                 F.count(F.when(valid & (records.trust_level(source, self.directive.sources[source].trust) == UNTRUSTED), 1)).alias(
                     f"untrusted_{source}"
                 ),
-                F.max(F.when(valid, F.col(f"{source}.{self.time_column}"))).alias(f"newest_{source}"),
-                F.min(F.when(valid, F.col(f"{source}.{self.time_column}"))).alias(f"oldest_{source}"),
+                F.count(F.when(valid & ~records.on_time(F.col(f"{source}.{self.time_column}")), 1)).alias(f"late_{source}"),
+                # (partition, newest valid event time in the batch) for each partition the batch read
+                F.collect_set(F.when(this, F.struct(F.col("kafka_partition"), F.col(records.BATCH_NEWEST)))).alias(f"partitions_{source}"),
             ]
         sources_by_name = {source: topic for topic, source in self.topics.items()}
         return out + self.validator.aggregates(lambda source: (F.col("kafka_topic") == sources_by_name[source]) & F.col(source).isNotNull())
 
-    def _write(self, staged: DataFrame, totals: Row, records_in_batch: int, batch_id: int) -> list[dict]:
-        """judge, route, write, audit: the batch's counts per source, as batch_audit has them."""
+    def _write(self, staged: DataFrame, constants: DataFrame, totals: Row, after: StreamTimes, batch_id: int) -> list[dict]:
+        """judge, route, write, audit: the batch's counts per source, as batch_audit has them;
+        `after` is the stream times after the batch."""
+        records_in_batch = sum(totals[f"records_{s}"] for s in self.topics.values())
         if not records_in_batch:
             return []
         if records_in_batch <= ONE_TASK_BATCH:
@@ -256,8 +257,8 @@ class BatchWriter:
         results = self._judge(totals, batch_id)
         routed = self._route(staged, totals, results, batch_id)
         with self._phase("tables"):
-            written = self._write_tables(routed, batch_id)
-        counts = self._counts(totals, routed, written, batch_id)
+            inserted = self._write_tables(staged, constants, routed, batch_id)
+        counts = self._counts(totals, after, inserted, batch_id)
         with self._phase("audit"):  # last: it records the batch as complete
             rows = [tuple(c[f.name] for f in records.BATCH_AUDIT_SCHEMA) for c in counts]
             self.appender.append(local_frame(self.spark, rows, records.BATCH_AUDIT_SCHEMA), self.tables.batch_audit, batch_id)
@@ -272,11 +273,8 @@ class BatchWriter:
             raise CrmError(f"batch {batch_id}: 'fail' rule(s) failed: {rules}; nothing of this batch was written")
         return results
 
-    def _route(self, staged: DataFrame, totals: Row, results: list[tuple], batch_id: int) -> Routed:
+    def _route(self, batch: DataFrame, totals: Row, results: list[tuple], batch_id: int) -> Routed:
         """Which tables the batch writes, and each one's rows (lazy frames over the staged rows)."""
-        watermarks = self._watermarks(totals, batch_id)
-        constants = records.batch_constants(self.spark, batch_id, watermarks)
-        batch = with_constants(staged, constants)
         writes = {"bronze": lambda: self.appender.append(records.to_bronze(batch, self.pii_keys), self.tables.bronze, batch_id)}
         if results:
             frame = local_frame(self.spark, results, RESULTS_SCHEMA)
@@ -284,18 +282,15 @@ class BatchWriter:
         if any(totals[f"records_{s}"] > totals[f"valid_{s}"] for s in self.topics.values()):
             quarantine = records.to_quarantine(batch, self.topics, self.pii_keys, self.directive.id, self.directive.version)
             writes["quarantine"] = lambda: self.appender.append(quarantine, self.tables.quarantine, batch_id)
-        late_frames, silver = [], {}
-        for source in (s for s in self.topics.values() if totals[f"valid_{s}"]):
-            silver_rows = records.to_silver(batch, self.valid[source], self.silver_columns[source])
-            mark = watermarks[source]
-            if mark and totals[f"oldest_{source}"] < mark:  # a late write only when a row is late: it costs a commit
-                late_frames.append(records.to_late(silver_rows, source, self.time_column, constants))
-            silver[source] = silver_rows  # `_new_events` keeps the on-time rows
-        if late_frames:
-            writes["late"] = lambda: self._append_late(late_frames, batch_id)
-        return Routed(batch, constants, watermarks, writes, silver)
+        # a late write only when a row is late: it costs a commit
+        late = [records.to_late(batch, self.valid[s], self.silver_columns[s], s, self.time_column) for s in self.topics.values() if totals[f"late_{s}"]]
+        if late:
+            writes["late"] = lambda: self.appender.append(reduce(DataFrame.unionByName, late), self.tables.late, batch_id)
+        # `_new_events` keeps the on-time rows
+        silver = {s: records.to_silver(batch, self.valid[s], self.silver_columns[s]) for s in self.topics.values() if totals[f"valid_{s}"]}
+        return Routed(writes, silver)
 
-    def _write_tables(self, routed: Routed, batch_id: int) -> Written:
+    def _write_tables(self, batch: DataFrame, constants: DataFrame, routed: Routed, batch_id: int) -> Counter:
         """Every table of the batch at once, the audit aside. Each write is a few small Spark jobs
         and a Delta commit whose cost hardly depends on the data; meanwhile one check for every
         source finds the new rows, so that each silver write is a single job."""
@@ -303,34 +298,36 @@ class BatchWriter:
             # Inheriting the batch thread's job group lets stopping the query cancel these jobs too.
             write_table = inheritable_thread_target(self._timed)
             running = {name: pool.submit(write_table, name, write) for name, write in routed.writes.items()}
-            new, new_rows = self._new_events(routed.batch, routed.constants, batch_id) if routed.silver else (None, None)
+            new, new_rows = self._new_events(batch, constants, batch_id) if routed.silver else (None, None)
             for source, rows in routed.silver.items():
                 keys = self.spark.createDataFrame(new_rows.filter(pc.equal(new_rows["source"], source)).select(["kafka_partition", "kafka_offset"]))
                 write = lambda rows=rows, keys=keys, source=source: self._write_silver(rows, keys, source, batch_id)
                 running[f"silver {source}"] = pool.submit(write_table, f"silver {source}", write)
-        done = {name: future.result() for name, future in running.items()}  # the first failure, if any, raises here
+        for future in running.values():
+            future.result()  # the first failure, if any, raises here
         if new is not None:
             self.seen_events.add(batch_id, new)
-        inserted = Counter(new_rows["source"].to_pylist()) if new_rows is not None else Counter()
-        return Written(inserted=inserted, late=done.get("late", {}))
+        return Counter(new_rows["source"].to_pylist()) if new_rows is not None else Counter()
 
-    def _counts(self, totals: Row, routed: Routed, written: Written, batch_id: int) -> list[dict]:
+    def _counts(self, totals: Row, after: StreamTimes, inserted: Counter, batch_id: int) -> list[dict]:
         """One batch_audit row per source."""
         counts = []
         for source in self.topics.values():
-            valid, late, inserted = totals[f"valid_{source}"], written.late.get(source, 0), written.inserted.get(source, 0)
+            valid, late = totals[f"valid_{source}"], totals[f"late_{source}"]
+            times = [t for t in after.get(source, {}).values() if t is not None]
             counts.append(
                 dict(
                     batch_id=batch_id,
                     source=source,
                     records=totals[f"records_{source}"],
-                    silver_rows=inserted,
+                    silver_rows=inserted[source],
                     quarantined=totals[f"records_{source}"] - valid,
                     untrusted=totals[f"untrusted_{source}"],
-                    max_event_time=self._newest[1].get(source),
-                    watermark=routed.watermarks[source],
+                    max_event_time=max(times, default=None),
+                    watermark=min(times) - self.delay if times else None,
+                    stream_times=after.get(source, {}),
                     late=late,
-                    duplicates=valid - late - inserted,
+                    duplicates=valid - late - inserted[source],
                     finished_at=datetime.now(timezone.utc),
                 )
             )
@@ -360,7 +357,7 @@ class BatchWriter:
         event_id, kafka_partition, kafka_offset, event_micros): one scan of the staged batch for
         every source, not one per source, as each task over the wide staged row costs more than its data."""
         sources = list(self.directive.sources)
-        on_time = {s: self.valid[s] & records.on_time(s, F.col(f"{s}.{self.time_column}")) for s in sources}
+        on_time = {s: self.valid[s] & records.on_time(F.col(f"{s}.{self.time_column}")) for s in sources}
         of_source = lambda value: reduce(lambda other, s: F.when(on_time[s], value(s)).otherwise(other), sources, F.lit(None))  # noqa: E731
         return reduce(Column.__or__, on_time.values()), [
             of_source(F.lit).cast("string").alias("source"),
@@ -375,38 +372,45 @@ class BatchWriter:
         kept = rows.join(F.broadcast(keys), ["kafka_partition", "kafka_offset"], "left_semi")
         self.appender.append(self._datafied(kept, source), self.tables.silver[source], batch_id)
 
-    def _watermarks(self, totals: Row, batch_id: int) -> dict[str, datetime | None]:
-        """Per source: the newest event time up to and including this batch, minus the delay.
+    def _stream_times_before(self, batch_id: int) -> StreamTimes:
+        """Per source and Kafka partition read so far, its stream time before this batch (None while
+        it had no valid row).
 
-        Earlier batches' newest times come from batch_audit (batch ids below this one), so a
-        replayed batch gets the same watermark; they are kept in memory between batches.
+        They come from batch_audit's rows of earlier batch ids, so a replayed batch gets the same
+        watermarks; they are kept in memory between batches.
         """
-        last, newest = self._newest
-        if last != batch_id - 1:
-            rows = (
-                self.spark.read.format("delta").load(self.tables.batch_audit)
-                .where(F.col("batch_id") < batch_id)
-                .groupBy("source").agg(F.max("max_event_time").alias("newest"))
-                .collect()
-            )  # a handful of rows, read only after a restart
-            newest = {r["source"]: r["newest"] for r in rows if r["newest"] is not None}
-        newest = dict(newest)
-        for source in self.topics.values():
-            here = totals[f"newest_{source}"]
-            if here is not None and (source not in newest or here > newest[source]):
-                newest[source] = here
-        self._newest = (batch_id, newest)
-        return {s: (newest[s] - self.delay if s in newest else None) for s in self.topics.values()}
+        last, times = self._stream_times
+        if last == batch_id - 1:
+            return times
+        rows = (
+            self.spark.read.format("delta").load(self.tables.batch_audit)
+            .where(F.col("batch_id") < batch_id)
+            .select("source", F.explode("stream_times").alias("partition", "time"))
+            .groupBy("source", "partition").agg(F.max("time").alias("time"))
+            .collect()
+        )  # a row per partition, read only after a restart
+        times: StreamTimes = {}
+        for r in rows:
+            times.setdefault(r["source"], {})[r["partition"]] = r["time"]
+        return times
 
-    def _append_late(self, frames: list[DataFrame], batch_id: int) -> dict[str, int]:
-        if not frames:
-            return {}
-        late = reduce(DataFrame.unionByName, frames)
-        observation = Observation()
-        per_source = [F.count(F.when(F.col("source") == s, 1)).alias(s) for s in self.topics.values()]
-        if self.appender.append(late.observe(observation, *per_source), self.tables.late, batch_id):
-            return dict(observation.get)
-        return late.agg(*per_source).first().asDict()
+    def _watermarks(self, times: StreamTimes) -> dict[str, datetime | None]:
+        """Per source: its oldest partition's stream time minus the delay."""
+        marks = {s: [t for t in times.get(s, {}).values() if t is not None] for s in self.topics.values()}
+        return {s: min(t) - self.delay if t else None for s, t in marks.items()}
+
+    def _advance(self, before: StreamTimes, totals: Row, batch_id: int) -> StreamTimes:
+        """The stream times after the batch: each partition it read moves to its newest valid event
+        time, if newer; a partition read for the first time starts at its source's oldest."""
+        after = {s: dict(times) for s, times in before.items()}
+        for source in self.topics.values():
+            known = after.setdefault(source, {})
+            floor = min((t for t in known.values() if t is not None), default=None)
+            for partition, newest in totals[f"partitions_{source}"]:
+                start = known[partition] if partition in known else floor
+                known[partition] = max((t for t in (start, newest) if t is not None), default=None)
+        self._stream_times = (batch_id, after)
+        return after
 
     def _datafied(self, rows: DataFrame, source: str) -> DataFrame:
         """New silver rows plus the source's datafied columns, in Datafy.derived_fields' order;

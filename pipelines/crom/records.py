@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -12,7 +12,7 @@ from pipelines.crom.parse import EXPECTATION_FAILED
 from pipelines.directives import UNTRUSTED, Trust
 from pipelines.privacy import card_token, hmac_sha256, mask_payload, normalise_identifier, normalise_phone, scrub_text
 from pipelines.schemas import EventSchema, FieldSpec, card_names, hashed_name
-from pipelines.spark import local_frame, with_constants
+from pipelines.spark import local_frame
 
 KAFKA_METADATA = [
     T.StructField("kafka_topic", T.StringType(), True),
@@ -58,6 +58,7 @@ LATE_SCHEMA = T.StructType(
     ]
 )
 
+PARTITION_TIMES = T.MapType(T.IntegerType(), T.TimestampType(), True)  # Kafka partition -> stream time
 BATCH_AUDIT_SCHEMA = T.StructType(
     [
         T.StructField("batch_id", T.LongType(), False),
@@ -70,6 +71,7 @@ BATCH_AUDIT_SCHEMA = T.StructType(
         T.StructField("untrusted", T.LongType(), False),
         T.StructField("max_event_time", T.TimestampType(), True),
         T.StructField("watermark", T.TimestampType(), True),
+        T.StructField("stream_times", PARTITION_TIMES, True),  # after the batch; CROM restarts from them
         T.StructField("finished_at", T.TimestampType(), False),
     ]
 )
@@ -77,15 +79,21 @@ BATCH_AUDIT_SCHEMA = T.StructType(
 # Per-row columns the batch writer adds before routing (see `stage`).
 QUARANTINE_RULES = "_quarantine_rules"
 WARN_FLAGS = "_warn_flags"
-# The batch's constants, joined to its rows (see `batch_constants`); watermarks by source.
+# The batch's constants, joined to its rows (see `batch_constants`): each source's watermark,
+# and the stream time of each Kafka partition of each source, as they were before the batch.
 WATERMARKS = "_watermarks"
+STREAM_TIMES = "_stream_times"
 BATCH_CONSTANTS_SCHEMA = T.StructType(
     [
         T.StructField("batch_id", T.LongType(), False),
         T.StructField("ingested_at", T.TimestampType(), False),
         T.StructField(WATERMARKS, T.MapType(T.StringType(), T.TimestampType(), True), False),
+        T.StructField(STREAM_TIMES, T.MapType(T.StringType(), PARTITION_TIMES, True), False),
     ]
 )
+# Per-row columns of the stream-time step (see `stream_time_columns`).
+WATERMARK = "_watermark"
+BATCH_NEWEST = "_batch_newest"
 
 
 def silver_schema(schema: EventSchema, derived: tuple[T.StructField, ...] = ()) -> T.StructType:
@@ -119,17 +127,42 @@ def decode(kafka: DataFrame) -> DataFrame:
     )
 
 
-def batch_constants(spark: SparkSession, batch_id: int, watermarks: dict[str, datetime | None]) -> DataFrame:
-    """The batch's id, when it was ingested and each source's watermark, as one row to join to
-    the batch's rows (`pipelines.spark.with_constants`) rather than to write in as literals."""
-    return local_frame(spark, [(batch_id, datetime.now(timezone.utc), watermarks)], BATCH_CONSTANTS_SCHEMA)
+def batch_constants(
+    spark: SparkSession, batch_id: int, watermarks: dict[str, datetime | None], stream_times: dict[str, dict[int, datetime | None]]
+) -> DataFrame:
+    """The batch's id, when it was ingested, each source's watermark and its partitions' stream
+    times, as one row to join to the batch's rows (`pipelines.spark.with_constants`) rather
+    than to write in as literals."""
+    return local_frame(spark, [(batch_id, datetime.now(timezone.utc), watermarks, stream_times)], BATCH_CONSTANTS_SCHEMA)
 
 
-def on_time(source: str | Column, event_time: Column) -> Column:
-    """Whether an event of `source` (a name, or a column of names) is at or after its watermark
-    (always, before there is one); over rows joined to the batch's constants."""
-    mark = F.col(WATERMARKS)[source]
-    return mark.isNull() | (event_time >= mark)
+def stream_time_columns(topics: dict[str, str], time_column: str, delay: timedelta) -> dict[str, Column]:
+    """Each staged row's watermark, and the newest valid event time of its Kafka partition in the
+    batch, to build once per job; over staged rows joined to the batch's constants.
+
+    A Kafka partition's stream time is the newest event time of the valid rows before it in the
+    partition, this batch's and earlier batches' (Kafka Streams' rule); a row older than its
+    partition's stream time minus the delay is late. Lateness so follows each partition's own
+    order, wherever batches split it. A partition no batch has read yet starts at its source's
+    watermark, so every row on time is at or after it (the duplicate check looks that far back).
+    """
+    source = F.lit(None).cast("string")
+    for topic, name in topics.items():
+        source = F.when(F.col("kafka_topic") == topic, F.lit(name)).otherwise(source)
+    valid_time = F.coalesce(*[F.when(routed_valid(name), F.col(f"{name}.{time_column}")) for name in topics.values()])
+    partition = Window.partitionBy("kafka_topic", "kafka_partition")
+    before = F.max(valid_time).over(partition.orderBy("kafka_offset").rowsBetween(Window.unboundedPreceding, -1))
+    known = F.col(STREAM_TIMES)[source]
+    start = F.when(F.map_contains_key(known, F.col("kafka_partition")), known[F.col("kafka_partition")] - F.lit(delay))
+    return {
+        WATERMARK: F.greatest(before - F.lit(delay), start.otherwise(F.col(WATERMARKS)[source])),
+        BATCH_NEWEST: F.max(valid_time).over(partition),
+    }
+
+
+def on_time(event_time: Column) -> Column:
+    """Whether a staged row's event is at or after its watermark (always, before there is one)."""
+    return F.col(WATERMARK).isNull() | (event_time >= F.col(WATERMARK))
 
 
 def _metadata() -> list[Column]:
@@ -224,16 +257,18 @@ def _identifier(field: FieldSpec, event) -> Column:
     return normalise_identifier(event(field.name))
 
 
-def to_late(silver_rows: DataFrame, source: str, watermark_column: str, constants: DataFrame) -> DataFrame:
-    """Silver-shaped rows older than their source's watermark (from the batch's `constants`),
-    kept whole as JSON in the late table."""
-    data = [c for c in silver_rows.columns if c not in {f.name for f in KAFKA_METADATA}]
-    event_time = F.col(watermark_column).cast("timestamp")
-    return with_constants(silver_rows, constants.select(WATERMARKS)).where(~on_time(source, event_time)).select(
+def to_late(batch: DataFrame, valid: Column, columns: list[Column], source: str, time_column: str) -> DataFrame:
+    """A source's valid rows older than their watermark, silver-shaped (`silver_columns`) and kept
+    whole as JSON in the late table; `batch` is the staged rows."""
+    event_time = F.col(f"{source}.{time_column}")
+    rows = batch.where(valid & ~on_time(event_time)).select(*columns, F.col(WATERMARK))
+    metadata = {f.name for f in KAFKA_METADATA}
+    data = [c for c in rows.columns if c not in metadata and c != WATERMARK]
+    return rows.select(
         F.lit(source).alias("source"),
         F.col("event_id"),
-        event_time.alias("event_time"),
-        F.col(WATERMARKS)[source].alias("watermark"),
+        F.col(time_column).cast("timestamp").alias("event_time"),
+        F.col(WATERMARK).alias("watermark"),
         F.to_json(F.struct(*data)).alias("event"),
         *[F.col(f.name) for f in KAFKA_METADATA],
     )

@@ -13,7 +13,7 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.crom.records import WATERMARKS, on_time
+from pipelines.crom.records import WATERMARKS
 from pipelines.spark import with_constants
 
 # Batches kept as separate pieces before they are merged into one cached frame, so memory
@@ -99,7 +99,8 @@ class SeenEvents:
     @staticmethod
     def _within(ids: DataFrame, constants: DataFrame) -> DataFrame:
         """Ids at or after their source's watermark: older rows are late, never compared."""
-        kept = on_time(F.col("source"), F.timestamp_micros(F.col("event_micros")))
+        mark = F.col(WATERMARKS)[F.col("source")]
+        kept = mark.isNull() | (F.timestamp_micros(F.col("event_micros")) >= mark)
         return with_constants(ids, constants.select(WATERMARKS)).where(kept).select(*ids.columns)
 
 

@@ -75,8 +75,7 @@ from tests.eval.run import loghub_samples
 
 RESULTS = REPO_ROOT / "bench-results.json"
 LATENCY_SECONDS = 60
-# The generator's scale. The small shop: CROM's watermark judges a batch against its own newest
-# event, so the shipped delay must cover a 50k-record batch's span of event time (52 days here).
+# The generator's scale: a live feed's.
 TRAFFIC = FEED
 PARTS = ("functional", "erasure", "log_templates", "sentiment", "restart", "cluster", "latency", "small_batches")
 SMALL_BATCHES, SMALL_BATCH_RECORDS, SMALL_BATCH_WARM_UP = 16, 500, 3

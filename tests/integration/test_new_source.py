@@ -89,7 +89,8 @@ def test_a_survey_source_from_a_schema_and_a_directive_entry(spark, kafka, profi
         ("expectation_failed", json.dumps(_answer(9, customers[1], second, channel="fax"))),  # not in the set
     ]
     producer = KafkaProducer(bootstrap_servers=profile.kafka.bootstrap_servers, acks="all")
-    for i, value in enumerate([json.dumps(a) for a in valid] + [v for _, v in bad]):
+    in_time_order = sorted(valid, key=lambda a: a["event_time"])  # as a survey tool sends them
+    for i, value in enumerate([json.dumps(a) for a in in_time_order] + [v for _, v in bad]):
         producer.send(sources["survey"].topic, key=f"survey-{i}".encode(), value=value.encode())
     producer.flush()
     producer.close()

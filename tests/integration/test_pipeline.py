@@ -31,7 +31,7 @@ from pipelines.rates import read_rates
 from pipelines.status import committed_offsets, lag
 from pipelines.tables import CromTables, functional_table, strategic_table
 from pipelines.topics import end_offsets
-from tests.helpers import read_topic, spark_jobs_started
+from tests.helpers import late_by_stream_time, read_topic, spark_jobs_started
 
 pytestmark = pytest.mark.integration
 
@@ -81,19 +81,23 @@ def _ingest(spark, profile, directives):
     run_ingest(spark, profile, directives.only("operational"), directives.schemas, until_caught_up=True)
 
 
-def _expected(events):
-    """What CROM must do with these events, from what the generator says it injected."""
+def _expected(events, profile, directives):
+    """What CROM must do with these events, from what the generator says it injected and the
+    order the broker holds them in (which of them are late)."""
+    operational = directives.only("operational").directive
+    valid = {e.value for e in events if e.kind in (*SILVER_KINDS, "late", "duplicate")}
+    on_topics = Counter(e.topic for e in events)
+    records = [r for topic, n in on_topics.items() for r in read_topic(profile.kafka.bootstrap_servers, topic, n)]
+    late_values = late_by_stream_time(records, valid, timedelta(hours=operational.watermark.delay_hours))
     silver = defaultdict(set)
     quarantine = defaultdict(int)
     late = defaultdict(set)
     duplicates = 0
     for e in events:
-        if e.kind in SILVER_KINDS:
-            silver[e.source].add(e.event_id)
-        elif e.kind == "late":
-            late[e.source].add(e.event_id)
-        elif e.kind == "duplicate":
+        if e.kind == "duplicate":
             duplicates += 1
+        elif e.kind in (*SILVER_KINDS, "late"):
+            (late if e.value in late_values else silver)[e.source].add(e.event_id)
         else:
             quarantine[REASON_OF_KIND[e.kind]] += 1
     return silver, quarantine, duplicates, late
@@ -107,7 +111,7 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
     _ingest(spark, profile, directives)
 
     events = list(stream.events(0, FIRST))
-    silver, quarantine, duplicates, late = _expected(events)
+    silver, quarantine, duplicates, late = _expected(events, profile, directives)
     tables = CromTables.of(profile, list(topics))
     read = lambda path: spark.read.format("delta").load(path)  # noqa: E731
 
@@ -229,7 +233,7 @@ def test_broker_to_delta_with_exact_counts(spark, own_topics):
     _ingest(spark, profile, directives)
     assert behind() == {topic: 0 for topic in topics.values()}
     more = list(stream.events(FIRST, SECOND))
-    silver2, quarantine2, _, _ = _expected(events + more)
+    silver2, quarantine2, _, _ = _expected(events + more, profile, directives)
     assert read(tables.bronze).count() == FIRST + SECOND
     for source, ids in silver2.items():
         assert read(tables.silver[source]).count() == len(ids), source

@@ -34,7 +34,7 @@ def _written(spark, ids):
 
 
 def _before(spark, events, batch_id, marks):
-    return events.before(batch_id, batch_constants(spark, batch_id, marks))
+    return events.before(batch_id, batch_constants(spark, batch_id, marks, {}))
 
 
 def _ids(frame) -> set[str]:
