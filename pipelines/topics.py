@@ -41,8 +41,12 @@ def sync_topics(kafka: KafkaSettings, sources: dict[str, Source | Recommendation
     existing ones get the directive's retention and, when it grew, its partition count.
     Returns one line per change; a topic cannot lose partitions, so a smaller count is
     reported and left alone."""
-    changes = [f"{topic}: created" for topic in ensure_topics(kafka, sources)]
-    wanted = {src.topic: src for src in sources.values()}
+    created = ensure_topics(kafka, sources)
+    changes = [f"{topic}: created" for topic in created]
+    # a topic just created has the directive's settings; its metadata may not list its partitions yet
+    wanted = {src.topic: src for src in sources.values() if src.topic not in created}
+    if not wanted:
+        return changes
     admin = connect(KafkaAdminClient, kafka)
     try:
         partitions = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
