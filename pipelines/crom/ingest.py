@@ -92,6 +92,11 @@ class Routed:
 StreamTimes = dict[str, dict[int, datetime | None]]  # source -> Kafka partition -> stream time
 
 
+def _known(times: StreamTimes, source: str) -> list[datetime]:
+    """The source's partitions' stream times, leaving out partitions with no valid row yet."""
+    return [t for t in times.get(source, {}).values() if t is not None]
+
+
 class BatchWriter:
     """Writes one micro-batch to every CROM table; safe to call twice with the same batch id.
 
@@ -311,10 +316,9 @@ class BatchWriter:
 
     def _counts(self, totals: Row, after: StreamTimes, inserted: Counter, batch_id: int) -> list[dict]:
         """One batch_audit row per source."""
-        counts = []
+        counts, watermarks = [], self._watermarks(after)
         for source in self.topics.values():
             valid, late = totals[f"valid_{source}"], totals[f"late_{source}"]
-            times = [t for t in after.get(source, {}).values() if t is not None]
             counts.append(
                 dict(
                     batch_id=batch_id,
@@ -323,8 +327,8 @@ class BatchWriter:
                     silver_rows=inserted[source],
                     quarantined=totals[f"records_{source}"] - valid,
                     untrusted=totals[f"untrusted_{source}"],
-                    max_event_time=max(times, default=None),
-                    watermark=min(times) - self.delay if times else None,
+                    max_event_time=max(_known(after, source), default=None),
+                    watermark=watermarks[source],
                     stream_times=after.get(source, {}),
                     late=late,
                     duplicates=valid - late - inserted[source],
@@ -396,7 +400,7 @@ class BatchWriter:
 
     def _watermarks(self, times: StreamTimes) -> dict[str, datetime | None]:
         """Per source: its oldest partition's stream time minus the delay."""
-        marks = {s: [t for t in times.get(s, {}).values() if t is not None] for s in self.topics.values()}
+        marks = {s: _known(times, s) for s in self.topics.values()}
         return {s: min(t) - self.delay if t else None for s, t in marks.items()}
 
     def _advance(self, before: StreamTimes, totals: Row, batch_id: int) -> StreamTimes:
@@ -405,7 +409,7 @@ class BatchWriter:
         after = {s: dict(times) for s, times in before.items()}
         for source in self.topics.values():
             known = after.setdefault(source, {})
-            floor = min((t for t in known.values() if t is not None), default=None)
+            floor = min(_known(after, source), default=None)
             for partition, newest in totals[f"partitions_{source}"]:
                 start = known[partition] if partition in known else floor
                 known[partition] = max((t for t in (start, newest) if t is not None), default=None)

@@ -146,9 +146,7 @@ def stream_time_columns(topics: dict[str, str], time_column: str, delay: timedel
     order, wherever batches split it. A partition no batch has read yet starts at its source's
     watermark, so every row on time is at or after it (the duplicate check looks that far back).
     """
-    source = F.lit(None).cast("string")
-    for topic, name in topics.items():
-        source = F.when(F.col("kafka_topic") == topic, F.lit(name)).otherwise(source)
+    source = _source_of(topics)
     valid_time = F.coalesce(*[F.when(routed_valid(name), F.col(f"{name}.{time_column}")) for name in topics.values()])
     partition = Window.partitionBy("kafka_topic", "kafka_partition")
     before = F.max(valid_time).over(partition.orderBy("kafka_offset").rowsBetween(Window.unboundedPreceding, -1))
@@ -158,6 +156,14 @@ def stream_time_columns(topics: dict[str, str], time_column: str, delay: timedel
         WATERMARK: F.greatest(before - F.lit(delay), start.otherwise(F.col(WATERMARKS)[source])),
         BATCH_NEWEST: F.max(valid_time).over(partition),
     }
+
+
+def _source_of(topics: dict[str, str]) -> Column:
+    """The name of the source whose topic a row came from (null for an unknown topic)."""
+    source = F.lit(None).cast("string")
+    for topic, name in topics.items():
+        source = F.when(F.col("kafka_topic") == topic, F.lit(name)).otherwise(source)
+    return source
 
 
 def on_time(event_time: Column) -> Column:
@@ -270,19 +276,16 @@ def to_late(batch: DataFrame, valid: Column, columns: list[Column], source: str,
         F.col(time_column).cast("timestamp").alias("event_time"),
         F.col(WATERMARK).alias("watermark"),
         F.to_json(F.struct(*data)).alias("event"),
-        *[F.col(f.name) for f in KAFKA_METADATA],
+        *_metadata(),
     )
 
 
 def to_quarantine(batch: DataFrame, topics: dict[str, str], pii_keys: list[str], directive_id: str, directive_version: int) -> DataFrame:
     """Rejected rows, and rows failing a quarantine rule, with source, reasons and masked payload;
     `batch` is the staged rows with the batch's constants."""
-    source = F.lit(None).cast("string")
-    for topic, name in topics.items():
-        source = F.when(F.col("kafka_topic") == topic, F.lit(name)).otherwise(source)
     failed = F.coalesce(F.col(QUARANTINE_RULES), F.array().cast("array<string>"))
     return batch.where(F.col("reason_code").isNotNull() | (F.size(failed) > 0)).select(
-        source.alias("source"),
+        _source_of(topics).alias("source"),
         F.coalesce(F.col("reason_code"), F.lit(EXPECTATION_FAILED)).alias("reason_code"),
         F.coalesce(F.col("reason_detail"), F.array_join(failed, ",")).alias("reason_detail"),
         F.when(F.size(failed) > 0, failed).alias("failed_rules"),
