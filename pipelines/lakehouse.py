@@ -71,6 +71,11 @@ def table_property(spark: SparkSession, path: str, key: str) -> str | None:
     return table_properties(spark, path).get(key)
 
 
+def has_data_files(path: str) -> bool:
+    """Whether a Delta table has any data file, from its log by delta-rs (no Spark job)."""
+    return bool(deltalake.DeltaTable(path).file_uris())
+
+
 def table_version(path: str) -> int:
     """The latest Delta version of a table another job reads, from its log by delta-rs (no
     Spark job); a clear error if ingest never wrote it."""

@@ -139,7 +139,7 @@ class BatchWriter:
             name: sorted({c for r in rules if r.source == name for c in r.rule.columns()}) for name in directive.sources
         }
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
-        self._stream_times: tuple[int, StreamTimes] = (-2, {})  # (last batch, its partitions' stream times after it)
+        self._stream_times: tuple[int, StreamTimes] = (-1, {})  # (last batch, its partitions' stream times after it): none before batch 0
         self.on_batch = on_batch
         # Column expressions are built once: building them costs thousands of JVM calls.
         decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic", "kafka_timestamp")
@@ -185,8 +185,11 @@ class BatchWriter:
         }
         for source, path in self.tables.silver.items():
             tables[path] = records.silver_schema(self.schemas[source], self.directive.sources[source].datafy.derived_fields())
-        for path, schema in tables.items():
-            ensure_table(self.spark, path, schema, checkpoint_interval=CHECKPOINT_INTERVAL)
+        # Each is a Delta commit or a read of one's metadata; side by side they overlap.
+        with ThreadPoolExecutor(4, thread_name_prefix="crom-create") as pool:
+            created = [pool.submit(ensure_table, self.spark, path, schema, CHECKPOINT_INTERVAL) for path, schema in tables.items()]
+            for future in created:
+                future.result()
 
     def stage(self, batch: DataFrame) -> DataFrame:
         """Kafka rows -> parsed, with rule columns, failed quarantine rules and warn flags."""

@@ -9,6 +9,7 @@ from pyspark.sql import types as T
 from pipelines.crom import seen
 from pipelines.crom.records import batch_constants
 from pipelines.crom.seen import SeenEvents, new_events
+from pipelines.lakehouse import ensure_table, has_data_files
 
 SILVER = T.StructType(
     [
@@ -73,6 +74,17 @@ def test_a_batch_before_the_cached_ones_reads_silver_again(spark, tmp_path):
     assert _ids(_before(spark, events, 5, {"web": None})) == {"a", "b"}
     # A query restarted on an older checkpoint with the same writer: silver decides again.
     assert _ids(_before(spark, events, 4, {"web": None})) == {"a"}
+    events.release()
+
+
+def test_a_new_table_is_read_without_a_scan_and_later_batches_see_their_ids(spark, tmp_path):
+    path = str(tmp_path / "silver")
+    ensure_table(spark, path, SILVER)
+    assert not has_data_files(path)
+    events = SeenEvents(spark, {"web": path}, "event_time")
+    assert _ids(_before(spark, events, 0, {"web": None})) == set()
+    events.add(0, _written(spark, ["a", "b"]))
+    assert _ids(_before(spark, events, 1, {"web": None})) == {"a", "b"}
     events.release()
 
 
