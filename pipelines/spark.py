@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlparse
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, Row, SparkSession
@@ -14,22 +17,28 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Profile
+from pipelines.files import replace_atomically
 
 
 def session_builder(profile: Profile, app_name: str) -> SparkSession.Builder:
     """A builder with Delta, the Kafka source and the profile's Spark settings.
 
-    Jars come from Maven Central through Ivy and are cached under the profile's cache folder.
-    Under spark-submit the caller's --packages and --master win over these defaults.
+    Jars come from Maven Central through Ivy and are cached under the profile's cache folder;
+    once a start has resolved them, later starts put the same jars on the classpath without
+    asking Ivy again (`remember_resolved_jars`). Under spark-submit the caller's --packages and
+    --master win over these defaults.
     """
     builder = (
         SparkSession.builder.appName(app_name)
-        .config("spark.jars.packages", ",".join(profile.spark.packages))
-        .config("spark.jars.ivy", str(profile.cache / "ivy"))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.warehouse.dir", str(profile.lakehouse / "_warehouse"))
     )
+    jars = None if _under_spark_submit() else resolved_jars(profile)
+    if jars:
+        builder = builder.config("spark.jars", ",".join(jars))
+    else:
+        builder = builder.config("spark.jars.packages", ",".join(profile.spark.packages)).config("spark.jars.ivy", str(profile.cache / "ivy"))
     if not _under_spark_submit():
         builder = builder.master(profile.spark.master)
         # Python workers (mapInPandas) must run this interpreter, whose venv has our
@@ -45,12 +54,41 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def _resolved_jars_file(profile: Profile) -> Path:
+    """Where the jars Ivy resolved for exactly the profile's packages are listed."""
+    packages = hashlib.sha256(",".join(sorted(profile.spark.packages)).encode()).hexdigest()[:16]
+    return profile.cache / "ivy" / f"resolved-jars-{packages}.txt"
+
+
+def resolved_jars(profile: Profile) -> list[str] | None:
+    """The jars an earlier start resolved for the profile's packages, if each is still on disk."""
+    try:
+        jars = _resolved_jars_file(profile).read_text().split()
+    except FileNotFoundError:
+        return None
+    return jars if jars and all(Path(j).is_file() for j in jars) else None
+
+
+def remember_resolved_jars(spark: SparkSession, profile: Profile) -> None:
+    """List the jars Ivy resolved for this session's packages, for `session_builder`'s next start."""
+    if _under_spark_submit() or resolved_jars(profile):
+        return
+    uris = [j for j in spark.sparkContext.getConf().get("spark.jars", "").split(",") if j]
+    jars = [urlparse(u).path if u.startswith("file:") else u for u in uris]
+    if jars and all(Path(j).is_file() for j in jars):
+        try:
+            replace_atomically(_resolved_jars_file(profile), "\n".join(jars).encode())
+        except OSError:  # another start wrote the same list at the same moment: it is there
+            pass
+
+
 def get_spark(profile: Profile, app_name: str) -> SparkSession:
     """Return the active session, or start one from the profile."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     spark = keep_jars_off_python_path(session_builder(profile, app_name).getOrCreate())
+    remember_resolved_jars(spark, profile)
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

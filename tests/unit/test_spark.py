@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.spark import keep_jars_off_python_path, with_constants
+from pipelines.spark import keep_jars_off_python_path, remember_resolved_jars, resolved_jars, session_builder, with_constants
 
 _factors = itertools.count(1_000_003)
 
@@ -69,3 +70,19 @@ def test_maven_jars_are_not_on_the_python_path_of_driver_or_workers(spark):
     seen = spark.range(1).select(worker_path("id")).first()[0].split(",")
     # Spark always adds its own core jar (under pyspark/jars); the packages' jars would be in the session's files.
     assert seen and not [p for p in seen if p.lower().endswith(".jar") and "pyspark/jars" not in p]
+
+
+def test_the_jars_a_start_resolved_are_listed_for_the_next_start_while_each_is_on_disk(spark, profile, tmp_path):
+    profile = profile.model_copy(update={"cache": tmp_path / "cache"})
+    assert resolved_jars(profile) is None  # nothing listed yet: the next start asks Ivy
+    remember_resolved_jars(spark, profile)
+    listed = resolved_jars(profile)
+    assert listed and all(Path(j).is_file() for j in listed)
+    assert any("delta-spark" in j for j in listed) and any("spark-sql-kafka" in j for j in listed)
+    assert session_builder(profile, "next")._options.get("spark.jars") == ",".join(listed)
+
+    other = profile.model_copy(update={"spark": profile.spark.model_copy(update={"packages": [*profile.spark.packages, "org.example:more:1.0"]})})
+    assert resolved_jars(other) is None  # other packages: Ivy again
+    (listing,) = (profile.cache / "ivy").glob("resolved-jars-*.txt")
+    listing.write_text("\n".join([*listed, str(tmp_path / "gone.jar")]))
+    assert resolved_jars(profile) is None  # a jar no longer on disk: Ivy again
