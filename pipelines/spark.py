@@ -34,7 +34,8 @@ def session_builder(profile: Profile, app_name: str) -> SparkSession.Builder:
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.warehouse.dir", str(profile.lakehouse / "_warehouse"))
     )
-    jars = None if _under_spark_submit() else resolved_jars(profile)
+    # Jars named in the profile's own conf are merged with the packages' by Ivy's path only.
+    jars = None if _under_spark_submit() or "spark.jars" in profile.spark.conf else resolved_jars(profile)
     if jars:
         builder = builder.config("spark.jars", ",".join(jars))
     else:

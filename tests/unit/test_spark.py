@@ -72,6 +72,7 @@ def test_maven_jars_are_not_on_the_python_path_of_driver_or_workers(spark):
     assert seen and not [p for p in seen if p.lower().endswith(".jar") and "pyspark/jars" not in p]
 
 
+
 def test_the_jars_a_start_resolved_are_listed_for_the_next_start_while_each_is_on_disk(spark, profile, tmp_path):
     profile = profile.model_copy(update={"cache": tmp_path / "cache"})
     assert resolved_jars(profile) is None  # nothing listed yet: the next start asks Ivy
@@ -79,7 +80,11 @@ def test_the_jars_a_start_resolved_are_listed_for_the_next_start_while_each_is_o
     listed = resolved_jars(profile)
     assert listed and all(Path(j).is_file() for j in listed)
     assert any("delta-spark" in j for j in listed) and any("spark-sql-kafka" in j for j in listed)
-    assert session_builder(profile, "next")._options.get("spark.jars") == ",".join(listed)
+    assert session_builder(profile, "next")._options["spark.jars"] == ",".join(listed)
+
+    own = profile.model_copy(update={"spark": profile.spark.model_copy(update={"conf": {**profile.spark.conf, "spark.jars": "/opt/udfs.jar"}})})
+    options = session_builder(own, "next")._options
+    assert options["spark.jars"] == "/opt/udfs.jar" and options["spark.jars.packages"] == ",".join(profile.spark.packages)  # Ivy merges them
 
     other = profile.model_copy(update={"spark": profile.spark.model_copy(update={"packages": [*profile.spark.packages, "org.example:more:1.0"]})})
     assert resolved_jars(other) is None  # other packages: Ivy again
