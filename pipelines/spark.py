@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from datetime import datetime
@@ -18,6 +19,8 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Profile
 from pipelines.files import replace_atomically
+
+log = logging.getLogger(__name__)
 
 
 def session_builder(profile: Profile, app_name: str) -> SparkSession.Builder:
@@ -37,6 +40,7 @@ def session_builder(profile: Profile, app_name: str) -> SparkSession.Builder:
     # Jars named in the profile's own conf are merged with the packages' by Ivy's path only.
     jars = None if _under_spark_submit() or "spark.jars" in profile.spark.conf else resolved_jars(profile)
     if jars:
+        log.debug("Spark packages: the %d jars listed in %s, without Ivy", len(jars), resolved_jars_file(profile))
         builder = builder.config("spark.jars", ",".join(jars))
     else:
         builder = builder.config("spark.jars.packages", ",".join(profile.spark.packages)).config("spark.jars.ivy", str(profile.cache / "ivy"))
@@ -55,7 +59,7 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def _resolved_jars_file(profile: Profile) -> Path:
+def resolved_jars_file(profile: Profile) -> Path:
     """Where the jars Ivy resolved for exactly the profile's packages are listed."""
     packages = hashlib.sha256(",".join(sorted(profile.spark.packages)).encode()).hexdigest()[:16]
     return profile.cache / "ivy" / f"resolved-jars-{packages}.txt"
@@ -64,7 +68,7 @@ def _resolved_jars_file(profile: Profile) -> Path:
 def resolved_jars(profile: Profile) -> list[str] | None:
     """The jars an earlier start resolved for the profile's packages, if each is still on disk."""
     try:
-        jars = _resolved_jars_file(profile).read_text().split()
+        jars = resolved_jars_file(profile).read_text().split()
     except FileNotFoundError:
         return None
     return jars if jars and all(Path(j).is_file() for j in jars) else None
@@ -78,7 +82,7 @@ def remember_resolved_jars(spark: SparkSession, profile: Profile) -> None:
     jars = [urlparse(u).path if u.startswith("file:") else u for u in uris]
     if jars and all(Path(j).is_file() for j in jars):
         try:
-            replace_atomically(_resolved_jars_file(profile), "\n".join(jars).encode())
+            replace_atomically(resolved_jars_file(profile), "\n".join(jars).encode())
         except OSError:  # another start wrote the same list at the same moment: it is there
             pass
 

@@ -24,6 +24,7 @@ from kafka import KafkaProducer
 from pyspark.sql import functions as F
 
 from pipelines.generator import EventStream
+from pipelines.spark import resolved_jars, resolved_jars_file
 from pipelines.tables import CromTables
 from tests.conftest import broker_of_its_own, profile_in
 from tests.helpers import crm_env
@@ -96,8 +97,12 @@ def demo_run(base_profile, directives, tmp_path_factory) -> DemoRun:
         logs = profile.cache / "logs"
         before = set(logs.glob("crm-*.log"))
         env = crm_env(profile)
+        # The demo resolves the packages through Ivy, as a first run does, and lists their jars again.
+        listing = resolved_jars_file(profile)
+        listing.unlink(missing_ok=True)
         demo = subprocess.run([CRM, "demo", "--events", str(EVENTS)], env=env, capture_output=True, text=True, timeout=1200)
         assert demo.returncode == 0, demo.stderr[-3000:]
+        assert resolved_jars(profile), f"{listing} was not written"
         docs = subprocess.run([CRM, "docs", "--batches", "10"], env=env, capture_output=True, text=True, timeout=600)
         assert docs.returncode == 0, docs.stderr[-3000:]
         [demo_log] = [p for p in set(logs.glob("crm-demo-*.log")) - before]
@@ -116,6 +121,7 @@ def test_demo_prints_only_its_own_lines(demo_run):
     # What was kept off the terminal is in this run's log file.
     kept = demo_run.log_files[0].read_text(errors="replace")
     assert "resolution report" in kept or "found io.delta#delta-spark" in kept  # Ivy's report
+    assert "without Ivy" in demo_run.log_files[1].read_text(errors="replace")  # the next command loaded the listed jars
     assert re.search(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d WARN ", kept, re.M)  # Spark's log4j lines
     assert f"CROM batch 0: {EVENTS + 5:,} records" in kept  # and the project's own lines, with timestamps
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.spark import keep_jars_off_python_path, remember_resolved_jars, resolved_jars, session_builder, with_constants
+from pipelines.spark import keep_jars_off_python_path, remember_resolved_jars, resolved_jars, resolved_jars_file, session_builder, with_constants
 
 _factors = itertools.count(1_000_003)
 
@@ -88,6 +88,5 @@ def test_the_jars_a_start_resolved_are_listed_for_the_next_start_while_each_is_o
 
     other = profile.model_copy(update={"spark": profile.spark.model_copy(update={"packages": [*profile.spark.packages, "org.example:more:1.0"]})})
     assert resolved_jars(other) is None  # other packages: Ivy again
-    (listing,) = (profile.cache / "ivy").glob("resolved-jars-*.txt")
-    listing.write_text("\n".join([*listed, str(tmp_path / "gone.jar")]))
+    resolved_jars_file(profile).write_text("\n".join([*listed, str(tmp_path / "gone.jar")]))
     assert resolved_jars(profile) is None  # a jar no longer on disk: Ivy again
