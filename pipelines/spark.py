@@ -37,8 +37,7 @@ def session_builder(profile: Profile, app_name: str) -> SparkSession.Builder:
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.warehouse.dir", str(profile.lakehouse / "_warehouse"))
     )
-    # Jars named in the profile's own conf are merged with the packages' by Ivy's path only.
-    jars = None if _under_spark_submit() or "spark.jars" in profile.spark.conf else resolved_jars(profile)
+    jars = None if _lists_no_jars(profile) else resolved_jars(profile)
     if jars:
         log.debug("Spark packages: the %d jars listed in %s, without Ivy", len(jars), resolved_jars_file(profile))
         builder = builder.config("spark.jars", ",".join(jars))
@@ -59,6 +58,12 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def _lists_no_jars(profile: Profile) -> bool:
+    """Under spark-submit the caller chose the jars; jars named in the profile's own conf are
+    merged with the packages' by Ivy's path only."""
+    return _under_spark_submit() or "spark.jars" in profile.spark.conf
+
+
 def resolved_jars_file(profile: Profile) -> Path:
     """Where the jars Ivy resolved for exactly the profile's packages are listed."""
     packages = hashlib.sha256(",".join(sorted(profile.spark.packages)).encode()).hexdigest()[:16]
@@ -68,7 +73,7 @@ def resolved_jars_file(profile: Profile) -> Path:
 def resolved_jars(profile: Profile) -> list[str] | None:
     """The jars an earlier start resolved for the profile's packages, if each is still on disk."""
     try:
-        jars = resolved_jars_file(profile).read_text().split()
+        jars = resolved_jars_file(profile).read_text().splitlines()
     except FileNotFoundError:
         return None
     return jars if jars and all(Path(j).is_file() for j in jars) else None
@@ -76,7 +81,7 @@ def resolved_jars(profile: Profile) -> list[str] | None:
 
 def remember_resolved_jars(spark: SparkSession, profile: Profile) -> None:
     """List the jars Ivy resolved for this session's packages, for `session_builder`'s next start."""
-    if _under_spark_submit() or resolved_jars(profile):
+    if _lists_no_jars(profile) or resolved_jars(profile):
         return
     uris = [j for j in spark.sparkContext.getConf().get("spark.jars", "").split(",") if j]
     jars = [urlparse(u).path if u.startswith("file:") else u for u in uris]

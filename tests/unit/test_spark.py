@@ -82,9 +82,12 @@ def test_the_jars_a_start_resolved_are_listed_for_the_next_start_while_each_is_o
     assert any("delta-spark" in j for j in listed) and any("spark-sql-kafka" in j for j in listed)
     assert session_builder(profile, "next")._options["spark.jars"] == ",".join(listed)
 
-    own = profile.model_copy(update={"spark": profile.spark.model_copy(update={"conf": {**profile.spark.conf, "spark.jars": "/opt/udfs.jar"}})})
+    own_conf = {**profile.spark.conf, "spark.jars": "/opt/udfs.jar"}
+    own = profile.model_copy(update={"cache": tmp_path / "own", "spark": profile.spark.model_copy(update={"conf": own_conf})})
     options = session_builder(own, "next")._options
     assert options["spark.jars"] == "/opt/udfs.jar" and options["spark.jars.packages"] == ",".join(profile.spark.packages)  # Ivy merges them
+    remember_resolved_jars(spark, own)
+    assert not resolved_jars_file(own).exists()  # the list would carry the profile's own jars
 
     other = profile.model_copy(update={"spark": profile.spark.model_copy(update={"packages": [*profile.spark.packages, "org.example:more:1.0"]})})
     assert resolved_jars(other) is None  # other packages: Ivy again
