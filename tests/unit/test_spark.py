@@ -6,6 +6,7 @@ import itertools
 import sys
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -18,6 +19,7 @@ def _compilations(spark: SparkSession) -> int:
     return spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount()
 
 
+@pytest.mark.usefixtures("codegen")
 def test_values_joined_as_constants_reuse_the_compiled_code_and_literals_do_not(spark):
     rows = spark.range(100)
     factor = next(_factors)  # code no earlier test compiled
@@ -39,6 +41,7 @@ def test_values_joined_as_constants_reuse_the_compiled_code_and_literals_do_not(
     assert _compilations(spark) > literal  # the same query with another literal compiles again
 
 
+@pytest.mark.usefixtures("codegen")
 def test_the_same_code_at_another_stage_number_is_not_compiled_again(spark):
     # CROM's plans grow a union piece every batch, which renumbers the stages after it.
     assert spark.conf.get("spark.sql.codegen.useIdInClassName") == "false"  # from conf/local.yaml
