@@ -2,9 +2,10 @@
 
 Each source's new silver events are folded into daily partials (incremental.py); the
 parameters are then rolled up from those partials, so old events are never re-read. Only
-the keys the new partials can change are rolled up again and MERGEd into the tables
-(rollup.py); the tables are computed whole on a first run, after the partials were rebuilt
-or lost rows, or for a new version of the directive. `source_version` in the output records
+the keys the new partials can change are rolled up again (rollup.py): MERGEd into the
+tables, or, when as_of moved, written with every other row shifted with it. The tables are
+computed whole on a first run, after the partials were rebuilt or lost rows, or for a new
+version of the directive. `source_version` in the output records
 what a row was last computed from. When the strategic directive it serves asks for
 validity checks, `<table>_variants` holds the parameters re-measured for them (see
 parameter_variants); with `segmentation`, `<table>_segments` holds RFM scores, segments,
@@ -158,16 +159,18 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         """Write a table of `part`: whole, or its changed keys MERGEd; True if anything was written."""
         change = changes[part]
         if change is None:
-            lineage(build()).write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+            _overwrite(lineage(build()), path)
             return True
         grain = measured[part].grain
         rows = lineage(build())
         if change.days:  # as_of moved: every other row's measures counted from as_of move with it
             old = spark.read.format("delta").load(path).drop(*LINEAGE)
-            rows = rows.unionByName(lineage(rollup.shifted(old, change.keys, grain, change.days, _from_as_of(measured[part]), rescore)))
+            shifted = lineage(rollup.shifted(old, change.keys, grain, change.days, _from_as_of(measured[part]), rescore))
+            _overwrite(rows.unionByName(shifted), path)  # every row is rewritten: no MERGE to match them
         elif change.keys.isEmpty():
             return False
-        rollup.merge(spark, path, rows, keys)
+        else:
+            rollup.merge(spark, path, rows, keys)
         return True
 
     @cache
@@ -237,7 +240,7 @@ def _segments(
 ) -> None:
     """The segments table: fitted again and written whole when the customer table was, or when
     the saved fit is due (its `refit`); else the changed customers scored with the saved fit
-    and MERGEd (all of them when as_of moved, as recency moves everyone's scores)."""
+    and MERGEd, or all of them written whole when as_of moved (recency moves everyone's scores)."""
     segmentation, grain = directive.segmentation, directive.grain
     customers = spark.read.format("delta").load(customers_path)
     kept = saved.load() if change is not None else None
@@ -253,11 +256,18 @@ def _segments(
         fitted = fit(customers, segmentation)
         if as_of is not None:
             saved.save(fitted, as_of, stats)
-        apply(customers, segmentation, fitted, grain).select("*", version).write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+        _overwrite(apply(customers, segmentation, fitted, grain).select("*", version), path)
         log.info("CRFM %s: segments fitted (%s)", directive.id, reason)
+    elif customers_changed and change.days:  # recency moved everyone's scores
+        _overwrite(apply(customers, segmentation, kept[0], grain).select("*", version), path)
     elif customers_changed:
-        rows = customers if change.days else customers.join(F.broadcast(change.keys), grain, "left_semi")
+        rows = customers.join(F.broadcast(change.keys), grain, "left_semi")
         rollup.merge(spark, path, apply(rows, segmentation, kept[0], grain).select("*", version), [grain])
+
+
+def _overwrite(rows: DataFrame, path: str) -> None:
+    """Replace the table's rows; `rows` may read the table itself (Delta reads the version before)."""
+    rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
 
 
 def measured_parts(directive: FunctionalDirective) -> dict[str, FunctionalDirective]:

@@ -64,11 +64,11 @@ from pipelines.crom.resolve import run_identities, run_web_sessions
 from pipelines.crom.ingest import BatchWriter, start_ingest, start_query
 from pipelines.crom.logs import LogTemplates
 from pipelines.crom.text import score_texts
-from pipelines.directives import Datafy, load_directives
+from pipelines.directives import CUSTOMER, UNTRUSTED, Datafy, load_directives
 from pipelines.erasure import forget
 from pipelines.generator import FEED, EventStream, produce
 from pipelines.spark import get_spark
-from pipelines.tables import CromTables, silver_table
+from pipelines.tables import CromTables, functional_table, silver_table
 from pipelines.topics import ensure_topics
 from tests.bench import scale
 from tests.eval.run import loghub_samples
@@ -322,18 +322,25 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     fixed_s = time.monotonic() - started
     if not unchanged.skipped:
         raise RuntimeError(f"a run with nothing new recomputed: {unchanged}")
+    floor_s, same_day, stayed = _one_event_run(spark, profile, directives, newest, days_later=0)
+    as_of_move_s, next_day, moved = _one_event_run(spark, profile, directives, newest, days_later=1)
+    if same_day.recomputed[""] != 1 or stayed != 0 or next_day.recomputed[""] is None or moved != 1:
+        raise RuntimeError(f"the one-event runs were not incremental, with as_of moved 0 then 1 day: {same_day}, {stayed}; {next_day}, {moved}")
     started = time.monotonic()
     recomputed = run_functional(spark, profile, directives, functional, full=True)
     full_s = time.monotonic() - started
     recent = before & (F.col("event_time") > F.lit(growth_cut))
     _, _, smaller_s = incremental({s: df.where(recent) for s, df in silver.items()}, work / "growth")
     total = sum(df.count() for df in silver.values())
-    steps = {f"functional_{mode}_phase_s.{step}": s for mode, each in (("incremental", run), ("full", recomputed)) for step, s in each.phases.items()}
+    runs = (("incremental", run), ("one_event", same_day), ("one_event_next_day", next_day), ("full", recomputed))
+    steps = {f"functional_{mode}_phase_s.{step}": s for mode, each in runs for step, s in each.phases.items()}
     return {
         "functional_incremental_s": incremental_s,
         "functional_full_s": full_s,
         "incremental_vs_full": incremental_s / full_s,
         "functional_fixed_s": fixed_s,
+        "functional_one_event_s": floor_s,
+        "functional_one_event_next_day_s": as_of_move_s,
         "functional_new_events": added,
         "functional_events": total,
         "functional_recomputed_customers": run.recomputed[""] if run.recomputed[""] is not None else run.customers,
@@ -342,6 +349,28 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
         "incremental_growth": incremental_s / smaller_s,
         **steps,
     }
+
+
+def _one_event_run(spark, profile, directives, newest: dict[str, DataFrame], days_later: int):
+    """A CRFM run after one event was added to silver: a copy of the newest trusted customer
+    event, on its day (as_of stays) or `days_later` (as_of moves as many days); timed, with the
+    days as_of moved."""
+    functional = directives.only("functional")
+    counted = F.col(CUSTOMER).isNotNull() & F.coalesce(F.col("trust_level") != F.lit(UNTRUSTED), F.lit(False))
+    candidates = {s: df.where(counted).orderBy(F.col("event_time").desc()).limit(1) for s, df in newest.items()}
+    newest_time = {s: (row[0] if (row := df.select("event_time").first()) else None) for s, df in candidates.items()}
+    source = max((s for s, t in newest_time.items() if t is not None), key=newest_time.get)
+    as_of_before = _as_of(spark, profile, functional)
+    later = candidates[source].withColumn("event_time", F.col("event_time") + F.expr(f"INTERVAL {days_later} DAYS"))
+    later.write.format("delta").mode("append").save(silver_table(profile, source))
+    started = time.monotonic()
+    run = run_functional(spark, profile, directives, functional)
+    seconds = time.monotonic() - started
+    return seconds, run, (_as_of(spark, profile, functional) - as_of_before).days
+
+
+def _as_of(spark, profile, functional) -> datetime:
+    return spark.read.format("delta").load(functional_table(profile, functional.directive.id)).agg(F.max("as_of")).first()[0]
 
 
 def erasure(spark, functional_run: Path, directives) -> dict[str, float]:
