@@ -59,6 +59,7 @@ from pyspark.util import inheritable_thread_target
 
 from pipelines import broker
 from pipelines.config import REPO_ROOT, load_profile, sample_data
+from pipelines.crfm import rollup
 from pipelines.crfm.job import run_functional
 from pipelines.crom.resolve import run_identities, run_web_sessions
 from pipelines.crom.ingest import BatchWriter, start_ingest, start_query
@@ -329,6 +330,7 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
     started = time.monotonic()
     recomputed = run_functional(spark, profile, directives, functional, full=True)
     full_s = time.monotonic() - started
+    merge_floor_s = _merge_floor(spark, recomputed.table, functional.directive.grain, work / "merge-floor")
     recent = before & (F.col("event_time") > F.lit(growth_cut))
     _, _, smaller_s = incremental({s: df.where(recent) for s, df in silver.items()}, work / "growth")
     total = sum(df.count() for df in silver.values())
@@ -341,6 +343,7 @@ def functional(spark, crom_run, directives, work: Path) -> dict[str, float]:
         "functional_fixed_s": fixed_s,
         "functional_one_event_s": floor_s,
         "functional_one_event_next_day_s": as_of_move_s,
+        "functional_merge_floor_s": merge_floor_s,
         "functional_new_events": added,
         "functional_events": total,
         "functional_recomputed_customers": run.recomputed[""] if run.recomputed[""] is not None else run.customers,
@@ -367,6 +370,20 @@ def _one_event_run(spark, profile, directives, newest: dict[str, DataFrame], day
     run = run_functional(spark, profile, directives, functional)
     seconds = time.monotonic() - started
     return seconds, run, (_as_of(spark, profile, functional) - as_of_before).days
+
+
+def _merge_floor(spark, table: str, key: str, copy: Path, times: int = 5) -> float:
+    """The median time of MERGEing one unchanged row into a copy of the functional table, warm:
+    the least a table costs a run that recomputed one key."""
+    spark.read.format("delta").load(table).write.format("delta").save(str(copy))
+    stored = spark.read.format("delta").load(str(copy))
+    row = stored.limit(1).collect()
+    seconds = []
+    for _ in range(times + 1):
+        started = time.monotonic()
+        rollup.merge(spark, str(copy), spark.createDataFrame(row, stored.schema), [key])
+        seconds.append(time.monotonic() - started)
+    return statistics.median(seconds[1:])  # the first plans and compiles
 
 
 def _as_of(spark, profile, functional) -> datetime:
