@@ -5,15 +5,14 @@ parameters are then rolled up from those partials, so old events are never re-re
 the keys the new partials can change are rolled up again (rollup.py): MERGEd into the
 tables, or, when as_of moved, written with every other row shifted with it. The tables are
 computed whole on a first run, after the partials were rebuilt or lost rows, or for a new
-version of the directive. `source_version` in the output records
-what a row was last computed from. When the strategic directive it serves asks for
-validity checks, `<table>_variants` holds the parameters re-measured for them (see
-parameter_variants); with `segmentation`, `<table>_segments` holds RFM scores, segments,
-k-means clusters and scores; each breakdown `by_<grain>` has its own partials and table
-`<table>_by_<grain>` (with its scores), with the same as_of. A new version of the directive
-recomputes them all, even on the same silver data. The tables after the customer parameters
-are independent of each other, so they are built together (STEPS_AT_ONCE at a time) and
-their step times overlap.
+version of the directive. `source_version` in the output records what a row was last
+computed from. When the strategic directive it serves asks for validity checks,
+`<table>_variants` holds the parameters re-measured for them (see parameter_variants); with
+`segmentation`, `<table>_segments` holds RFM scores, segments, k-means clusters and scores;
+each breakdown `by_<grain>` has its own partials and table `<table>_by_<grain>` (with its
+scores), with the same as_of. A new version of the directive recomputes them all, even on
+the same silver data. The tables after the customer parameters are independent of each
+other, so they are built together (STEPS_AT_ONCE at a time) and their step times overlap.
 
 A finished run records what it was computed from (`current.json` beside the partials'
 checkpoints): the silver versions, a fingerprint of the directive, the as_of day and the
@@ -156,7 +155,8 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         )
 
     def refresh(path: str, part: str, keys: list[str], build, rescore=lambda frame: frame) -> bool:
-        """Write a table of `part`: whole, or its changed keys MERGEd; True if anything was written."""
+        """Write a table of `part`: whole, its changed keys MERGEd, or, when as_of moved, its
+        changed keys and every other row shifted; True if anything was written."""
         change = changes[part]
         if change is None:
             _overwrite(lineage(build()), path)
