@@ -1,4 +1,5 @@
-"""Roll up only the keys that new partials can change, and MERGE them into the table.
+"""Roll up only the keys that new partials can change (the job MERGEs them, or rewrites the
+table with every other row shifted when as_of moved).
 
 A functional table has one row per key (a customer or a breakdown's grain value; per variant
 in `_variants`), computed from that key's daily partials and the as_of day alone. Between two

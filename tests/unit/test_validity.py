@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
 
 from pipelines.config import sample_data
 from pipelines.crfm.parameters import customer_parameters, parameter_variants, silver_partials
@@ -128,6 +129,29 @@ def test_untrusted_events_that_shift_a_kpi_make_veracity_not_resolved(spark, unt
     assert checks["V5"][4] == pytest.approx(((5 + untrusted) / (50 + untrusted) - 0.1) / 0.1)
     # Without social posts nobody complains (a share of 0): the KPI rests on that one source.
     assert checks["V3"][3] == "unresolved" and checks["V3"][4] == pytest.approx(1.0)
+
+
+def test_each_variant_is_the_parameters_of_its_perturbed_input(spark):
+    """A variant equals the parameters computed the plain way on what it perturbs: the source
+    left out of the partials, as_of moved a window earlier, the other trust choice."""
+    rows = [(f"C{i:02d}", AS_OF - timedelta(days=3 * i), i % 3 == 0, "untrusted" if i % 7 == 0 else "high") for i in range(20)]
+    social = spark.createDataFrame(rows[:14], "customer_id string, event_time timestamp, complaint boolean, trust_level string")
+    orders = spark.createDataFrame([(c, t, level) for c, t, _, level in rows[6:]], "customer_id string, event_time timestamp, trust_level string")
+    daily = silver_partials({"social": social, "transaction": orders}, FUNCTIONAL)
+    as_of = F.lit(AS_OF)
+    variants = parameter_variants(daily, FUNCTIONAL, as_of, STRATEGIC.validity.windows)
+
+    def variant(name):
+        return variants.where(F.col("variant") == name).drop("variant")
+
+    for source in ("social", "transaction"):
+        assertDataFrameEqual(variant(f"without_{source}"), customer_parameters({**daily, source: daily[source].limit(0)}, FUNCTIONAL, as_of))
+    assertDataFrameEqual(variant("as_of_minus_10d"), customer_parameters(daily, FUNCTIONAL, F.lit(AS_OF - timedelta(days=10))))
+    assertDataFrameEqual(variant("with_untrusted"), customer_parameters(daily, FUNCTIONAL, as_of, include_untrusted=True))
+    # Not vacuous: 14 customers order, 2 of them only as untrusted producers; the earlier window
+    # counts other orders.
+    assert variant("without_social").count() == 12 and variant("with_untrusted").count() == 20
+    assert variant("as_of_minus_10d").exceptAll(customer_parameters(daily, FUNCTIONAL, as_of)).count() > 0
 
 
 def _purchase_histories(spark):
