@@ -49,9 +49,10 @@ from pipelines.crfm.parameters import (
     earlier_labels,
     end_of,
     feeds,
-    joined,
     parameter_variants,
+    parameters_of,
     source_parts,
+    wide,
 )
 from pipelines.crfm.rollup import PartialsState
 from pipelines.crfm.segments import SavedFit, apply, check_scores, feature_stats, fit, refit_reason, scores
@@ -174,18 +175,18 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
         return True
 
     @cache
-    def parts():  # cached: the parameters and most variants are joins of the same parts
-        return {s: part.persist() for s, part in source_parts(used[""], directive, as_of, earlier=earlier).items()}
+    def joined():  # cached: the parameters and most variants are projections of this one join
+        return wide(source_parts(used[""], directive, as_of, earlier=earlier), directive).persist()
 
     with timed(phases, "roll-up"):
-        rebuilt = refresh(out, "", [directive.grain], lambda: joined(parts(), directive))
+        rebuilt = refresh(out, "", [directive.grain], lambda: parameters_of(joined(), directive))
     log.info("CRFM %s: customer parameters %s (%.1fs)", directive.id, _how(changes[""], rebuilt), phases["roll-up"])
     # Built from the parameters table or the partials, the other tables are independent of each other.
     steps = {}
     if validity is not None:
         steps["variants"] = lambda: refresh(
             functional_table(profile, directive.id, "variants"), "", [directive.grain, VARIANT],
-            lambda: parameter_variants(used[""], directive, as_of, validity.windows, parts()),
+            lambda: parameter_variants(used[""], directive, as_of, validity.windows, joined()),
         )  # fmt: skip
     if directive.segmentation is not None:
         saved_fit = SavedFit(state / "segments_fit", record.fingerprint)
@@ -211,9 +212,8 @@ def run_functional(spark: SparkSession, profile: Profile, directives: DirectiveS
     # Together: much of a small table's build is planning and Delta's commit, which leave the cores idle.
     with ThreadPoolExecutor(STEPS_AT_ONCE, thread_name_prefix="crfm-tables") as pool:
         list(pool.map(step, steps))
-    if parts.cache_info().currsize:
-        for part in parts().values():
-            part.unpersist()
+    if joined.cache_info().currsize:
+        joined().unpersist()
     recomputed = {part: None if change is None else change.recomputed for part, change in changes.items()}
     for change in changes.values():
         if change is not None:

@@ -294,32 +294,45 @@ def source_parts(
     }
 
 
-def _as_of_earlier(parts: dict[str, DataFrame], directive: FunctionalDirective, label: str) -> dict[str, DataFrame]:
-    """source_parts' columns for an `earlier` label, under the parameters' own names."""
-    return {
-        source: parts[source].select(directive.grain, *[F.col(f"{p.name}@{label}").alias(p.name) for p in params])
-        for source, params in by_source(directive).items()
-    }
-
-
 def earlier_labels(windows: Windows) -> dict[str, int]:
     """The earlier as_of of each window but the newest (V2), by variant name."""
     return {f"as_of_minus_{k * windows.step_days}d": k * windows.step_days for k in range(1, windows.count)}
 
 
-def joined(parts: dict[str, DataFrame], directive: FunctionalDirective) -> DataFrame:
-    """One row per customer with every parameter; customers missing from a source get 0 counts."""
-    grain = directive.grain
-    frame = reduce(lambda left, right: left.join(right, grain, "full_outer"), parts.values())
+def _present(source: str) -> str:
+    return f"_in_{source}"
+
+
+def wide(parts: dict[str, DataFrame], directive: FunctionalDirective) -> DataFrame:
+    """One full join of the source parts, every column kept, with `_in_<source>` true for the
+    keys that source has: the parameters and the variants but the trust flip project it."""
+    flagged = [part.withColumn(_present(source), F.lit(True)) for source, part in parts.items()]
+    return reduce(lambda left, right: left.join(right, directive.grain, "full_outer"), flagged)
+
+
+def parameters_of(joined: DataFrame, directive: FunctionalDirective, label: str | None = None, without: str | None = None) -> DataFrame:
+    """One row per customer with every parameter, out of `wide`'s join: as of an `earlier`
+    label's day, or with the `without` source left out (its customers kept only where another
+    source has them). Customers missing from a source get 0 counts."""
+    suffix = f"@{label}" if label else ""
+    rows = joined
+    if without is not None:
+        others = [F.col(_present(source)) for source in by_source(directive) if source != without]
+        rows = joined.where(reduce(Column.__or__, others)) if others else joined.limit(0)
+
+    def value(param: Parameter) -> Column:
+        name = param.name + suffix
+        return F.lit(None).cast(joined.schema[name].dataType) if param.source == without else F.col(name)
+
     zero_when_absent = {p.name: 0 for p in directive.parameters if p.measure in ("count", "count_distinct", "sum", "active_days")}
-    return frame.fillna(zero_when_absent).select(grain, *[p.name for p in directive.parameters])
+    return rows.select(directive.grain, *[value(p).alias(p.name) for p in directive.parameters]).fillna(zero_when_absent)
 
 
 def customer_parameters(
     daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, include_untrusted: bool | None = None
 ) -> DataFrame:
     """One row per customer with every parameter, from each source's daily partials."""
-    return joined(source_parts(daily, directive, as_of, include_untrusted), directive)
+    return parameters_of(wide(source_parts(daily, directive, as_of, include_untrusted), directive), directive)
 
 
 def silver_partials(silver: dict[str, DataFrame], directive: FunctionalDirective) -> dict[str, DataFrame]:
@@ -374,7 +387,7 @@ def as_of_time(directive: FunctionalDirective, daily: dict[str, DataFrame]) -> C
 
 
 def parameter_variants(
-    daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, windows: Windows, parts: dict[str, DataFrame] | None = None
+    daily: dict[str, DataFrame], directive: FunctionalDirective, as_of: Column, windows: Windows, joined: DataFrame | None = None
 ) -> DataFrame:
     """The parameters re-measured for the strategic validity checks, one `variant` each:
 
@@ -383,16 +396,14 @@ def parameter_variants(
     - `as_of_minus_<n>d`: as of n days earlier, for each earlier window (V2).
 
     `daily` holds every partial, trusted or not; the trust choice is made in the roll-up.
-    `parts` are the directive's own source_parts with the `earlier` labels of these windows,
-    when already computed (e.g. cached): the earlier windows come out of the same aggregation.
+    `joined` is the directive's own `wide` join of its source_parts with the `earlier` labels
+    of these windows, when already computed (e.g. cached): all but the trust flip project it.
     """
     earlier = earlier_labels(windows)
-    parts = parts if parts is not None else source_parts(daily, directive, as_of, earlier=earlier)
+    joined = joined if joined is not None else wide(source_parts(daily, directive, as_of, earlier=earlier), directive)
     flipped = not directive.include_untrusted
     variants = [("with_untrusted" if flipped else "without_untrusted", customer_parameters(daily, directive, as_of, flipped))]
-    for source in sorted(parts):
-        variants.append((f"without_{source}", joined({**parts, source: parts[source].limit(0)}, directive)))
-    for label in earlier:
-        variants.append((label, joined(_as_of_earlier(parts, directive, label), directive)))
+    variants += [(f"without_{source}", parameters_of(joined, directive, without=source)) for source in sorted(by_source(directive))]
+    variants += [(label, parameters_of(joined, directive, label=label)) for label in earlier]
     tagged = [frame.withColumn(VARIANT, F.lit(name)) for name, frame in variants]
     return reduce(DataFrame.unionByName, tagged)
