@@ -12,8 +12,10 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -34,7 +36,8 @@ def _directives(profile: Profile):
     return load_directives(profile.directives, profile.schemas)
 
 
-def _spark(profile: Profile, app: str):
+def _spark(profile: Profile, app: str, checked: Future | None = None):
+    """Start Spark; with `checked` (from `_checking_all`), wait for the directives' check too."""
     from pipelines.spark import get_spark
 
     log.info("starting Spark (%s); the first run fetches the Delta and Kafka packages from Maven Central", profile.spark.master)
@@ -42,17 +45,40 @@ def _spark(profile: Profile, app: str):
     with console.following(console.native_log(), console.ivy_progress, progress):
         spark = get_spark(profile, app)
     log.info("Spark ready in %.0fs", time.monotonic() - started)
+    if checked is not None:
+        checked.result()
     return spark
+
+
+def _check_expectations(directives) -> None:
+    from pipelines.crom.validate import check_expectations
+
+    for op in directives.operational.values():
+        check_expectations(op.directive.sources, str(op.path))
 
 
 def _check_all(profile: Profile):
     """Load the directive chain and compile every expectation; nothing starts if this fails."""
-    from pipelines.crom.validate import check_expectations
-
     directives = _directives(profile)
-    for op in directives.operational.values():
-        check_expectations(op.directive.sources, str(op.path))
+    _check_expectations(directives)
     return directives
+
+
+def _checking_all(profile: Profile):
+    """Load the directive chain, and compile every expectation on a thread while Spark starts:
+    Great Expectations' import alone takes seconds. `_spark` waits for the returned future, so
+    a job reads or writes nothing if a rule does not compile."""
+    directives = _directives(profile)
+    checked: Future = Future()
+
+    def check() -> None:
+        try:
+            checked.set_result(_check_expectations(directives))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread as it is
+            checked.set_exception(exc)
+
+    threading.Thread(target=check, name="crm-check", daemon=True).start()
+    return directives, checked
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -165,11 +191,12 @@ def cmd_topics(args, profile: Profile) -> int:
 def cmd_ingest(args, profile: Profile) -> int:
     from pipelines.connection import check_connection
 
-    directives = _check_all(profile)
+    directives, checked = _checking_all(profile)
     check_connection(profile.kafka)  # before Spark starts: a wrong password or CA is one line at once
     with _single_run(profile, "ingest"):  # before Spark starts: an overlapping run exits at once
+        spark = _spark(profile, "crom-ingest", checked)
         _sync_topics(profile, directives)  # a source just added has no topic yet; a changed retention reaches the broker
-        _ingest(_spark(profile, "crom-ingest"), profile, directives, args.until_caught_up)
+        _ingest(spark, profile, directives, args.until_caught_up)
     return 0
 
 
@@ -190,9 +217,9 @@ def _resolve(spark, profile: Profile, directives) -> None:
 
 
 def cmd_resolve(args, profile: Profile) -> int:
-    directives = _check_all(profile)
+    directives, checked = _checking_all(profile)
     with _single_run(profile, "resolve"):
-        _resolve(_spark(profile, "crom-resolve"), profile, directives)
+        _resolve(_spark(profile, "crom-resolve", checked), profile, directives)
     return 0
 
 
@@ -217,9 +244,9 @@ def _functional(spark, profile: Profile, directives, full: bool = False) -> None
 
 
 def cmd_functional(args, profile: Profile) -> int:
-    directives = _check_all(profile)
+    directives, checked = _checking_all(profile)
     with _single_run(profile, "functional"):
-        _functional(_spark(profile, "crfm-functional"), profile, directives, args.full)
+        _functional(_spark(profile, "crfm-functional", checked), profile, directives, args.full)
     return 0
 
 
@@ -260,9 +287,9 @@ def _strategic(spark, profile: Profile, directives) -> list:
 
 
 def cmd_strategic(args, profile: Profile) -> int:
-    directives = _check_all(profile)
+    directives, checked = _checking_all(profile)
     with _single_run(profile, "strategic"):
-        _strategic(_spark(profile, "crsm-strategic"), profile, directives)
+        _strategic(_spark(profile, "crsm-strategic", checked), profile, directives)
     return 0
 
 

@@ -18,6 +18,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Profile
+from pipelines.console import debug_requested
 from pipelines.files import replace_atomically
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ def session_builder(profile: Profile, app_name: str) -> SparkSession.Builder:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in profile.spark.conf.items():
         builder = builder.config(key, value)
+    if debug_requested():
+        builder = builder.config("spark.python.sql.dataFrameDebugging.enabled", "true")
     return builder
 
 

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import reduce
@@ -134,14 +135,19 @@ class BatchWriter:
         self.time_column = directive.watermark.column
         self.seen_events = SeenEvents(spark, self.tables.silver, self.time_column)
         self.delay = timedelta(hours=directive.watermark.delay_hours)
+        self._stream_times: tuple[int, StreamTimes] = (-1, {})  # (last batch, its partitions' stream times after it): none before batch 0
+        self.on_batch = on_batch
+        with self._tables_created():
+            self._build_expressions(spark, profile, operational)
+
+    def _build_expressions(self, spark: SparkSession, profile: Profile, operational: Loaded) -> None:
+        """Column expressions are built once: building them costs thousands of JVM calls."""
+        directive = self.directive
         rules = compile_rules(directive.sources, str(operational.path))
         self.rule_columns = {
             name: sorted({c for r in rules if r.source == name for c in r.rule.columns()}) for name in directive.sources
         }
         self.validator = BatchValidator(spark, rules, self._frame_schema(), directive.id, directive.version)
-        self._stream_times: tuple[int, StreamTimes] = (-1, {})  # (last batch, its partitions' stream times after it): none before batch 0
-        self.on_batch = on_batch
-        # Column expressions are built once: building them costs thousands of JVM calls.
         decoded = ("key", "value", "value_utf8", "payload_bytes", "kafka_topic", "kafka_timestamp")
         skew = {name: src.max_future_skew_hours or directive.watermark.max_future_skew_hours for name, src in directive.sources.items()}
         self.parser = Parser(
@@ -162,10 +168,9 @@ class BatchWriter:
             if src.datafy.text is not None and src.datafy.text.model == "trained"
         }
         self.valid = {name: records.routed_valid(name) for name in directive.sources}
-        self.silver_columns = {name: records.silver_columns(name, schemas[name], src.trust, self.key) for name, src in directive.sources.items()}
+        self.silver_columns = {name: records.silver_columns(name, self.schemas[name], src.trust, self.key) for name, src in directive.sources.items()}
         self.candidates = self._candidate_columns()
         self.derived_columns = {name: self._derived_columns(name) for name in directive.sources}
-        self._create_tables()
 
     def _frame_schema(self) -> T.StructType:
         fields = []
@@ -175,7 +180,10 @@ class BatchWriter:
                 fields.append(T.StructField(prefixed(source, column), typed.get(column, T.DoubleType()), True))
         return T.StructType(fields)
 
-    def _create_tables(self) -> None:
+    @contextmanager
+    def _tables_created(self):
+        """Create every table, or check its schema and properties, while the body runs: each is
+        a Delta commit or a read of one's metadata, JVM work that overlaps the body's."""
         tables = {
             self.tables.bronze: records.BRONZE_SCHEMA,
             self.tables.quarantine: records.QUARANTINE_SCHEMA,
@@ -185,9 +193,9 @@ class BatchWriter:
         }
         for source, path in self.tables.silver.items():
             tables[path] = records.silver_schema(self.schemas[source], self.directive.sources[source].datafy.derived_fields())
-        # Each is a Delta commit or a read of one's metadata; side by side they overlap.
         with ThreadPoolExecutor(4, thread_name_prefix="crom-create") as pool:
             created = [pool.submit(ensure_table, self.spark, path, schema, CHECKPOINT_INTERVAL) for path, schema in tables.items()]
+            yield
             for future in created:
                 future.result()
 

@@ -155,6 +155,25 @@ def test_cli_check_exits_non_zero_with_one_line(tree: Path, monkeypatch, capsys)
     assert err[0].startswith("crm: error: ") and "owner: unknown key" in err[0]
 
 
+def test_a_job_whose_expectation_does_not_compile_reads_and_writes_nothing(tree: Path, spark, tmp_path: Path, monkeypatch, capsys):
+    # The expectations compile on a thread while Spark starts; the job waits for them.
+    _edit(tree / "operational" / "ingest_events.yaml", lambda d: d["sources"]["web"]["expectations"][0].update(type="expect_it_to_be_pretty"))
+    import pipelines.config as config
+
+    real = config.load_profile
+    lakehouse = tmp_path / "lakehouse"
+
+    def with_tree(name="local"):
+        return real(name).model_copy(update={"directives": tree, "lakehouse": lakehouse, "checkpoints": tmp_path / "checkpoints"})
+
+    monkeypatch.setattr("pipelines.cli.load_profile", with_tree)
+    for job in ("functional", "strategic"):
+        assert main([job]) == 1
+        err = capsys.readouterr().err
+        assert "'expect_it_to_be_pretty' is not a Great Expectations expectation type" in err
+    assert not lakehouse.exists()
+
+
 def test_cli_plan_prints_the_chain(capsys):
     assert main(["directives", "plan"]) == 0
     out = capsys.readouterr().out

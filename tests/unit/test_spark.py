@@ -96,3 +96,10 @@ def test_the_jars_a_start_resolved_are_listed_for_the_next_start_while_each_is_o
     assert resolved_jars(other) is None  # other packages: Ivy again
     resolved_jars_file(profile).write_text("\n".join([*listed, str(tmp_path / "gone.jar")]))
     assert resolved_jars(profile) is None  # a jar no longer on disk: Ivy again
+
+
+def test_call_sites_of_columns_are_recorded_only_under_crm_debug(spark, base_profile, monkeypatch):
+    # Recording them costs five JVM calls per Column built; CRM_DEBUG=1 wants them in errors.
+    assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false"  # from conf/local.yaml
+    monkeypatch.setenv("CRM_DEBUG", "1")
+    assert session_builder(base_profile, "debug")._options["spark.python.sql.dataFrameDebugging.enabled"] == "true"
