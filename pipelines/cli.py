@@ -65,9 +65,10 @@ def _check_all(profile: Profile):
 
 
 def _checking_all(profile: Profile):
-    """Load the directive chain, and compile every expectation on a thread while Spark starts:
-    Great Expectations' import alone takes seconds. `_spark` waits for the returned future, so
-    a job reads or writes nothing if a rule does not compile."""
+    """Load the directive chain, and compile every expectation on a thread while Spark or the
+    broker starts: Great Expectations' import alone takes seconds. The caller waits for the
+    returned future (`_spark` does when given it) before it reads or writes anything, so
+    nothing runs if a rule does not compile."""
     directives = _directives(profile)
     checked: Future = Future()
 
@@ -430,9 +431,9 @@ def _every_job_held(profile: Profile, but: tuple[str, ...] = ()) -> ExitStack:
 
 
 def cmd_demo(args, profile: Profile) -> int:
-    directives = _check_all(profile)
+    directives, checked = _checking_all(profile)
     with _every_job_held(profile):
-        return _demo(args, profile, directives)
+        return _demo(args, profile, directives, checked)
 
 
 def cmd_forget(args, profile: Profile) -> int:
@@ -488,7 +489,7 @@ def cmd_purge(args, profile: Profile) -> int:
     return 0
 
 
-def _demo(args, profile: Profile, directives) -> int:
+def _demo(args, profile: Profile, directives, checked: Future) -> int:
     from pipelines import broker
 
     # A broker already answering at the bootstrap servers (CRM_KAFKA_BOOTSTRAP) is used as it is.
@@ -500,6 +501,7 @@ def _demo(args, profile: Profile, directives) -> int:
         log.info("using the broker at %s", profile.kafka.bootstrap_servers)
     spark = None
     try:
+        checked.result()
         _sync_topics(profile, directives)
         if args.replay:
             _replay(profile, directives, args.replay, None, None)
